@@ -1,0 +1,237 @@
+"""The workflow's steps as plain functions (each Snakemake script calls exactly one).
+
+Keeping the steps here, not in the scripts, makes them importable and unit-testable.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+
+from . import CONVENTION, MNI_SPACE, __version__
+from .errors import InputError
+from .io import sha256sum, write_json, write_nifti, write_text
+
+#: Column order of ``targets.tsv`` (later columns may be added, never removed or reordered).
+TARGETS_COLUMNS: tuple[str, ...] = (
+    "participant_id", "session_id", "method", "x", "y", "z", "r", "space", "snapped",
+    "n_voxels", "distance_to_region_edge_mm", "strategy", "retained_volumes", "target_json",
+)
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of tmstarget and the libraries that shape its numbers."""
+    import importlib.metadata as md
+
+    out = {"tmstarget": __version__, "python": sys.version.split()[0]}
+    for pkg in ("numpy", "scipy", "nibabel", "nilearn", "pandas", "pybids", "snakemake"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:  # pragma: no cover
+            out[pkg] = "not installed"
+    return out
+
+
+def denoise_step(run: Mapping[str, str], cfg: Mapping[str, Any], out_npz: str | Path) -> None:
+    """Denoise one run and save it (``.npz``) with its QC and the inputs' SHA-256."""
+    from .denoise import denoise_run, resolve_strategy, save_denoised
+
+    d = cfg["denoise"]
+    strategy = resolve_strategy(d["strategy"], {k: d.get(k) for k in
+                                                ("smoothing_fwhm", "high_pass", "low_pass")})
+    res = denoise_run(run["bold"], run["mask"], run["confounds"], run["bold_json"], strategy,
+                      fd_threshold=float(d["fd_threshold"]),
+                      std_dvars_threshold=d.get("std_dvars_threshold"),
+                      min_segment=int(d["min_segment"]))
+    res.qc["inputs"] = [{"path": str(run[k]), "sha256": sha256sum(run[k])}
+                        for k in ("bold", "mask", "confounds", "confounds_json", "bold_json")]
+    save_denoised(res, out_npz)
+
+
+def _unit_label(participant: str, session: str | None) -> str:
+    return f"sub-{participant}" + (f" ses-{session}" if session else "")
+
+
+def seedmap_step(npz_paths: Sequence[str | Path], participant: str, session: str | None,
+                 cfg: Mapping[str, Any], out_map: str | Path, out_mask: str | Path,
+                 out_seed_tsv: str | Path, out_qc: str | Path) -> None:
+    """Combine a participant/session's runs, build the seed time series and correlation map.
+
+    Writes the r map (NIfTI + JSON sidecar), the analysis mask, the seed time series (TSV)
+    and a QC JSON used by the target step.
+    """
+    from .denoise import load_denoised
+    from .seedmap import combine_runs, correlation_map, seed_timeseries, seed_weights, to_volume
+
+    runs = [load_denoised(p) for p in npz_paths]
+    per_run = [dict(r.qc) for r in runs]
+    n_total = sum(int(r.data.shape[0]) for r in runs)
+    min_vols = int(cfg["denoise"]["min_volumes"])
+    if n_total < min_vols:
+        detail = "; ".join(
+            f"{Path(q['inputs'][0]['path']).name}: {q['n_retained']} of {q['n_volumes']} kept "
+            f"({q['n_censored']} censored for motion, {q['n_non_steady_state']} non-steady-state)"
+            for q in per_run)
+        raise InputError(
+            ", ".join(Path(q["inputs"][0]["path"]).name for q in per_run),
+            f"{_unit_label(participant, session)} has only {n_total} volumes left after "
+            f"scrubbing, fewer than the minimum of {min_vols} ({detail}).",
+            "This participant has too much motion or too little data for a reliable target: "
+            "exclude it (exclude_participants in the config), or, knowingly, lower "
+            "denoise.min_volumes or raise denoise.fd_threshold.")
+    combined = combine_runs(runs, [q["inputs"][0]["path"] for q in per_run])
+    weights, seed_desc = seed_weights(cfg["seed"], combined.shape, combined.affine)
+    seed_name = str(cfg["seed"].get("file") or "sgACC seed sphere")
+    ts, n_seed = seed_timeseries(combined, weights, seed_name)
+    r = correlation_map(combined.data, ts)
+    hdr = nb.Nifti1Header()
+    hdr.set_xyzt_units("mm")
+    rimg = nb.Nifti1Image(to_volume(r.astype(np.float32), combined), combined.affine, hdr)
+    rimg.set_qform(combined.affine, 1)
+    rimg.set_sform(combined.affine, 4)  # 4 = MNI152 (template) space
+    write_nifti(rimg, out_map)
+    mimg = nb.Nifti1Image(combined.mask().astype(np.uint8), combined.affine, hdr)
+    mimg.set_qform(combined.affine, 1)
+    mimg.set_sform(combined.affine, 4)
+    write_nifti(mimg, out_mask)
+    tr = float(runs[0].tr)
+    seed_df = pd.DataFrame({"seed": ts})
+    write_text(out_seed_tsv, seed_df.to_csv(sep="\t", index=False, float_format="%.6g"))
+    strategy = per_run[0]["strategy"]
+    sidecar = {
+        "Description": "Pearson correlation (r) of each voxel's denoised time series with the "
+                       "seed time series (runs denoised separately, z-scored, concatenated).",
+        "Space": MNI_SPACE,
+        "Units": "r (Pearson correlation, unitless)",
+        "Seed": {"description": seed_desc, "n_voxels": n_seed, "config": dict(cfg["seed"])},
+        "Denoising": strategy,
+        "RetainedVolumes": n_total,
+        "RepetitionTime": tr,
+        "Sources": [q["inputs"][0]["path"] for q in per_run],
+        "SoftwareVersions": software_versions(),
+    }
+    write_json(str(out_map).replace(".nii.gz", ".json"), sidecar)
+    write_json(out_qc, {
+        "participant": participant, "session": session, "seed": sidecar["Seed"],
+        "retained_volumes": n_total, "retained_seconds": n_total * tr, "repetition_time": tr,
+        "runs": per_run, "strategy": strategy,
+    })
+
+
+def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path,
+                participant: str, session: str | None, cfg: Mapping[str, Any],
+                out_json: str | Path, out_region: str | Path, output_root: str | Path) -> dict:
+    """Pick the targets on a seed map and write the target JSON and search-region mask."""
+    from .target import find_targets, load_search_region
+
+    rimg = nb.load(map_path)
+    rmap = np.asarray(rimg.dataobj, dtype=np.float64)
+    brain = np.asarray(nb.load(mask_path).dataobj) > 0
+    region, region_desc = load_search_region(cfg["search"], brain, rimg.affine)
+    t = cfg["target"]
+    targets = find_targets(rmap, region, rimg.affine, methods=t["methods"],
+                           cluster_percent=float(t["cluster_percent"]),
+                           weighted_n_voxels=int(t["weighted_n_voxels"]))
+    hdr = nb.Nifti1Header()
+    hdr.set_xyzt_units("mm")
+    reg_img = nb.Nifti1Image(region.astype(np.uint8), rimg.affine, hdr)
+    reg_img.set_qform(rimg.affine, 1)
+    reg_img.set_sform(rimg.affine, 4)
+    write_nifti(reg_img, out_region)
+    qc = json.loads(Path(qc_path).read_text())
+    map_sha = sha256sum(map_path)
+    root = Path(output_root)
+    rel = lambda p: str(Path(p).resolve().relative_to(root.resolve()))  # noqa: E731
+    warnings = []
+    for name, tg in targets.items():
+        if tg.r >= 0:
+            warnings.append(f"{name}: no anticorrelation with the seed in the search region "
+                            f"(r = {tg.r:.3f} ≥ 0); the target is not meaningful.")
+        if tg.snapped:
+            warnings.append(f"{name}: the centroid fell outside the search region and was moved "
+                            f"{tg.snap_distance_mm:.1f} mm to the nearest search-region voxel.")
+        if tg.distance_to_region_edge_mm <= float(np.max(np.abs(rimg.affine[:3, :3]))) + 1e-6:
+            warnings.append(f"{name}: the target is at the edge of the search region; the best "
+                            f"spot may lie outside it.")
+    out = {
+        "participant_id": f"sub-{participant}",
+        "session_id": f"ses-{session}" if session else None,
+        "space": MNI_SPACE,
+        "convention": CONVENTION,
+        "reference_image": {"path": rel(map_path), "sha256": map_sha},
+        "targets": {
+            name: {**tg.to_dict(), "space": MNI_SPACE, "convention": CONVENTION,
+                   "reference_image_sha256": map_sha}
+            for name, tg in targets.items()
+        },
+        "search_region": {"description": region_desc, "n_voxels": int(region.sum()),
+                          "mask": rel(out_region), "config": dict(cfg["search"])},
+        "seed": qc["seed"],
+        "denoising": {
+            "strategy": qc["strategy"],
+            "fd_threshold": cfg["denoise"]["fd_threshold"],
+            "retained_volumes": qc["retained_volumes"],
+            "retained_seconds": qc["retained_seconds"],
+            "runs": [{k: q.get(k) for k in ("n_volumes", "n_non_steady_state", "n_censored",
+                                             "n_retained", "retained_seconds", "fd_mean",
+                                             "fd_max", "n_constant_voxels_dropped")}
+                     | {"bold": q["inputs"][0]["path"]} for q in qc["runs"]],
+        },
+        "retained_volumes": qc["retained_volumes"],
+        "inputs": [i for q in qc["runs"] for i in q["inputs"]],
+        "warnings": warnings,
+        "software": software_versions(),
+        "research_use_only": "Research use only; not a medical device. See SAFETY.md.",
+    }
+    write_json(out_json, out)
+    for name, tg in targets.items():
+        print(f"[tmstarget] {_unit_label(participant, session)}: {name} target "
+              f"({tg.x:.1f}, {tg.y:.1f}, {tg.z:.1f}) mm {MNI_SPACE}, r = {tg.r:.3f}"
+              + (" (snapped)" if tg.snapped else ""), flush=True)
+    return out
+
+
+def aggregate_step(target_jsons: Sequence[str | Path], skipped: Sequence[Mapping[str, Any]],
+                   cfg: Mapping[str, Any], output_root: str | Path) -> None:
+    """Write ``targets.tsv``, ``skipped.tsv``, ``dataset_description.json`` and the config."""
+    import yaml
+
+    root = Path(output_root)
+    rows = []
+    for p in target_jsons:
+        d = json.loads(Path(p).read_text())
+        for name, tg in d["targets"].items():
+            rows.append({
+                "participant_id": d["participant_id"], "session_id": d["session_id"] or "n/a",
+                "method": name, "x": round(tg["x"], 2), "y": round(tg["y"], 2),
+                "z": round(tg["z"], 2), "r": round(tg["r"], 4), "space": d["space"],
+                "snapped": str(tg["snapped"]).lower(), "n_voxels": tg["n_voxels"],
+                "distance_to_region_edge_mm": round(tg["distance_to_region_edge_mm"], 2),
+                "strategy": d["denoising"]["strategy"]["name"],
+                "retained_volumes": d["retained_volumes"],
+                "target_json": str(Path(p).resolve().relative_to(root.resolve())),
+            })
+    df = pd.DataFrame(rows, columns=list(TARGETS_COLUMNS))
+    df = df.sort_values(["participant_id", "session_id", "method"], kind="stable")
+    write_text(root / "targets.tsv", df.to_csv(sep="\t", index=False, na_rep="n/a"))
+    sk = pd.DataFrame(list(skipped), columns=["participant_id", "session_id", "run", "reason"])
+    write_text(root / "skipped.tsv", sk.to_csv(sep="\t", index=False, na_rep="n/a"))
+    write_json(root / "dataset_description.json", {
+        "Name": "tmstarget: sgACC-anticorrelation TMS targets",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "tmstarget", "Version": __version__,
+                         "Description": "Personalized left-DLPFC TMS targets from resting-state "
+                                        "fMRI (research use only)."}],
+        "SourceDatasets": [{"URL": Path(str(cfg["fmriprep_dir"])).resolve().as_uri()}],
+    })
+    write_text(root / "tmstarget_config.yaml",
+               "# The configuration this output was made with (defaults filled in).\n"
+               + yaml.safe_dump(json.loads(json.dumps(dict(cfg))), sort_keys=False))

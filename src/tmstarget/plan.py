@@ -1,0 +1,115 @@
+"""Turn a validated config into the list of jobs: what the Snakefile builds.
+
+Kept out of the Snakefile so that it is importable and unit-tested (hostile names, output
+inside input, sessions/runs).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import MNI_SPACE
+from .discover import RunInputs, Skipped, discover
+from .errors import ConfigError
+from .io import bids_name
+
+#: Only these characters may appear in a BIDS label used in an output path.
+_SAFE_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One participant (and session): one set of targets."""
+
+    participant: str
+    session: str | None
+    task: str
+    prefix: str  # output path prefix relative to output_dir, e.g. sub-01/ses-1/func/sub-01_ses-1_task-rest
+
+    def entities(self) -> dict[str, str | None]:
+        return {"sub": self.participant, "ses": self.session, "task": self.task}
+
+
+@dataclass
+class Plan:
+    """Everything the workflow needs to know about the inputs."""
+
+    output_dir: Path
+    fmriprep_dir: Path
+    runs: dict[str, RunInputs] = field(default_factory=dict)  # runprefix -> inputs
+    units: dict[str, Unit] = field(default_factory=dict)  # prefix -> unit
+    unit_runs: dict[str, list[str]] = field(default_factory=dict)  # prefix -> runprefixes
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def _check_label(label: str | None, what: str, path: str) -> None:
+    if label is not None and not _SAFE_LABEL.match(label):
+        raise ConfigError(path, f"the {what} label '{label}' is not a valid BIDS label (only "
+                          "letters and digits are allowed).", "Rename the file/folder to a "
+                          "valid BIDS label.")
+
+
+def unit_prefix(participant: str, session: str | None, task: str) -> str:
+    """Output prefix ``sub-X/[ses-Y/]func/sub-X[_ses-Y]_task-T`` for a participant/session."""
+    folder = f"sub-{participant}" + (f"/ses-{session}" if session else "")
+    name = bids_name({"sub": participant, "ses": session, "task": task}, "x", "")[:-2]
+    return f"{folder}/func/{name}"
+
+
+def run_prefix(run: RunInputs) -> str:
+    """Work-file prefix of one run (adds acq/run entities to the unit prefix)."""
+    folder = f"sub-{run.participant}" + (f"/ses-{run.session}" if run.session else "")
+    name = bids_name({"sub": run.participant, "ses": run.session, "task": run.task,
+                      "acq": run.acq, "run": run.run}, "x", "")[:-2]
+    return f"{folder}/func/{name}"
+
+
+def check_paths(fmriprep_dir: str | Path, output_dir: str | Path) -> tuple[Path, Path]:
+    """Resolve the two folders; refuse an output folder inside (or equal to) the input."""
+    src = Path(fmriprep_dir).expanduser().resolve()
+    out = Path(output_dir).expanduser().resolve()
+    if out == src or src in out.parents:
+        raise ConfigError(out, f"the output folder is inside the input dataset {src}; tmstarget "
+                          "never writes into its input.", "Choose an output folder outside "
+                          "the fMRIPrep derivatives (e.g. a sibling folder).")
+    if out in src.parents:
+        raise ConfigError(out, f"the input dataset {src} is inside the output folder.",
+                          "Choose an output folder that does not contain the input.")
+    return src, out
+
+
+def build_plan(config: Mapping[str, Any]) -> Plan:
+    """Discover inputs and derive the jobs.
+
+    Parameters
+    ----------
+    config : mapping
+        Validated configuration (defaults filled in).
+
+    Returns
+    -------
+    Plan
+    """
+    if config.get("space", MNI_SPACE) != MNI_SPACE:
+        raise ConfigError(None, f"space {config.get('space')} is not supported.",
+                          f"Use fMRIPrep's {MNI_SPACE} output.")
+    src, out = check_paths(config["fmriprep_dir"], config["output_dir"])
+    runs, skipped = discover(src, task=config["task"], space=MNI_SPACE, res=config.get("res"),
+                             participant_label=config.get("participant_label") or None,
+                             exclude=config.get("exclude_participants") or None)
+    plan = Plan(output_dir=out, fmriprep_dir=src, skipped=list(skipped))
+    _check_label(config["task"], "task", "config: task")
+    for r in runs:
+        for what, lab in (("participant", r.participant), ("session", r.session),
+                          ("acquisition", r.acq), ("run", r.run)):
+            _check_label(lab, what, r.bold)
+        rp = run_prefix(r)
+        up = unit_prefix(r.participant, r.session, r.task)
+        plan.runs[rp] = r
+        plan.units.setdefault(up, Unit(r.participant, r.session, r.task, up))
+        plan.unit_runs.setdefault(up, []).append(rp)
+    return plan

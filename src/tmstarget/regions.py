@@ -1,0 +1,115 @@
+"""Seed and search-region definitions in MNI152NLin2009cAsym (RAS+ mm).
+
+All masks are computed in *world* coordinates from the image affine, so they are
+correct whatever the storage orientation of the image (RAS, LAS, LPS, oblique).
+
+References
+----------
+Fox MD et al. (2012) Biol Psychiatry 72:595-603 (sgACC seed at 6, 16, -10; radius 10 mm;
+average stimulation sites). Cash RFH et al. (2021) Biol Psychiatry 90:689-700.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import numpy.typing as npt
+
+#: sgACC seed centre (Fox et al. 2012), MNI152NLin2009cAsym RAS+ mm.
+SGACC_CENTER_MM: tuple[float, float, float] = (6.0, 16.0, -10.0)
+#: sgACC seed radius in mm (Fox et al. 2012).
+SGACC_RADIUS_MM: float = 10.0
+
+#: Standard left-DLPFC stimulation sites (average sites used by Fox 2012 and Cash 2021),
+#: MNI152NLin2009cAsym RAS+ mm.
+REFERENCE_TARGETS_MM: dict[str, tuple[float, float, float]] = {
+    "BA9": (-36.0, 39.0, 43.0),
+    "BA46": (-44.0, 40.0, 29.0),
+    "5cm": (-41.0, 16.0, 54.0),
+    "F3": (-37.0, 26.0, 49.0),
+}
+#: Radius of each sphere in the default left-DLPFC search region, mm.
+SEARCH_SPHERE_RADIUS_MM: float = 20.0
+
+
+def voxel_centers_mm(shape: tuple[int, ...], affine: npt.ArrayLike) -> np.ndarray:
+    """World (RAS+ mm) coordinates of every voxel centre.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Spatial shape (first three dimensions are used).
+    affine : array-like, shape (4, 4)
+        Voxel-to-world affine of the grid.
+
+    Returns
+    -------
+    numpy.ndarray, shape (*shape[:3], 3)
+        x, y, z of each voxel centre in mm.
+    """
+    aff = np.asarray(affine, dtype=float)
+    ijk = np.indices(tuple(shape[:3]), dtype=float)
+    xyz = np.tensordot(aff[:3, :3], ijk, axes=(1, 0)) + aff[:3, 3][:, None, None, None]
+    return np.moveaxis(xyz, 0, -1)
+
+
+def sphere_mask(
+    shape: tuple[int, ...],
+    affine: npt.ArrayLike,
+    center_mm: Iterable[float],
+    radius_mm: float,
+) -> np.ndarray:
+    """Boolean mask of voxels whose centre lies within ``radius_mm`` of ``center_mm``.
+
+    Parameters
+    ----------
+    shape, affine
+        The grid (see :func:`voxel_centers_mm`).
+    center_mm : iterable of 3 floats
+        Sphere centre in world RAS+ mm.
+    radius_mm : float
+        Radius in mm (inclusive).
+
+    Returns
+    -------
+    numpy.ndarray of bool, shape ``shape[:3]``
+    """
+    c = np.asarray(list(center_mm), dtype=float)
+    d2 = np.sum((voxel_centers_mm(shape, affine) - c) ** 2, axis=-1)
+    return d2 <= radius_mm**2 + 1e-6
+
+
+def default_search_region(
+    brain_mask: npt.ArrayLike,
+    affine: npt.ArrayLike,
+    sites: Mapping[str, Iterable[float]] | None = None,
+    radius_mm: float = SEARCH_SPHERE_RADIUS_MM,
+) -> np.ndarray:
+    """Default left-DLPFC search region.
+
+    Union of ``radius_mm`` spheres around the reference sites (BA9, BA46, 5 cm, F3),
+    restricted to the brain mask and to the left hemisphere (x < 0 mm).
+
+    Parameters
+    ----------
+    brain_mask : array-like of bool, 3D
+        Brain mask on the grid.
+    affine : array-like, shape (4, 4)
+        Grid affine.
+    sites : mapping, optional
+        Sphere centres (default :data:`REFERENCE_TARGETS_MM`).
+    radius_mm : float
+        Sphere radius.
+
+    Returns
+    -------
+    numpy.ndarray of bool
+    """
+    brain = np.asarray(brain_mask).astype(bool)
+    sites = REFERENCE_TARGETS_MM if sites is None else sites
+    region = np.zeros(brain.shape, dtype=bool)
+    for center in sites.values():
+        region |= sphere_mask(brain.shape, affine, center, radius_mm)
+    left = voxel_centers_mm(brain.shape, affine)[..., 0] < 0
+    return region & brain & left

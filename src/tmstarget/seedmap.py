@@ -1,0 +1,195 @@
+"""Seed time series and seed-correlation maps.
+
+The seed time series is the (weighted) mean of the denoised voxel time series inside the
+seed; the map is the Pearson correlation of that series with every voxel. Runs are denoised
+separately (each z-scored), then concatenated on the voxels common to all runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nb
+import numpy as np
+
+from .errors import InputError
+from .regions import sphere_mask
+
+if False:  # typing only, avoids importing nilearn at module import
+    from .denoise import DenoisedRun  # noqa: F401
+
+
+@dataclass
+class CombinedData:
+    """Denoised data of all runs of one participant/session on a common voxel set."""
+
+    data: np.ndarray  # float32 (n_volumes_total, n_voxels)
+    voxels: np.ndarray  # int (n_voxels, 3)
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    run_lengths: list[int] = field(default_factory=list)
+
+    def mask(self) -> np.ndarray:
+        """Boolean 3D mask of the voxels."""
+        m = np.zeros(self.shape, dtype=bool)
+        m[tuple(self.voxels.T)] = True
+        return m
+
+
+def combine_runs(runs: Sequence[Any], sources: Sequence[str] | None = None) -> CombinedData:
+    """Concatenate denoised runs on the voxels present in every run.
+
+    Parameters
+    ----------
+    runs : sequence of DenoisedRun
+        Each already cleaned and z-scored per voxel.
+    sources : sequence of str, optional
+        File names of the runs, for error messages.
+
+    Returns
+    -------
+    CombinedData
+    """
+    if not runs:
+        raise InputError(None, "no denoised runs to combine.")
+    names = list(sources) if sources is not None else [f"run {i + 1}" for i in range(len(runs))]
+    ref = runs[0]
+    for r, name in zip(runs[1:], names[1:], strict=True):
+        if tuple(r.shape) != tuple(ref.shape) or not np.allclose(r.affine, ref.affine, atol=1e-3):
+            raise InputError(name, f"this run is on a different voxel grid ({r.shape}) from "
+                             f"{names[0]} ({ref.shape}).", "Use runs resampled to the same "
+                             "MNI152NLin2009cAsym grid (same fMRIPrep --output-spaces res).")
+    common = np.ones(ref.shape, dtype=bool)
+    for r in runs:
+        m = np.zeros(ref.shape, dtype=bool)
+        m[tuple(np.asarray(r.voxels).T)] = True
+        common &= m
+    if not common.any():
+        raise InputError(names[0], "the runs' brain masks do not overlap.",
+                         "Check the runs' brain masks.")
+    order = np.flatnonzero(common.ravel())  # C-order, as np.nonzero
+    blocks = []
+    for r in runs:
+        flat = np.ravel_multi_index(tuple(np.asarray(r.voxels).T), ref.shape)
+        pos = np.searchsorted(flat, order) if np.all(np.diff(flat) > 0) else None
+        if pos is None:
+            lookup = {v: i for i, v in enumerate(flat)}
+            pos = np.array([lookup[v] for v in order])
+        blocks.append(np.asarray(r.data, dtype=np.float32)[:, pos])
+    voxels = np.stack(np.unravel_index(order, ref.shape), axis=1).astype(np.int32)
+    return CombinedData(np.concatenate(blocks, axis=0), voxels, np.asarray(ref.affine, float),
+                        tuple(int(s) for s in ref.shape), [int(b.shape[0]) for b in blocks])
+
+
+def seed_weights(seed: Mapping[str, Any], shape: tuple[int, int, int],
+                 affine: np.ndarray) -> tuple[np.ndarray, str]:
+    """Seed weights on the BOLD grid.
+
+    Parameters
+    ----------
+    seed : mapping
+        ``{"kind": "sphere", "center_mm": [x, y, z], "radius_mm": r}`` or
+        ``{"kind": "file", "file": path}``; a file is a binary mask or a weighted (possibly
+        signed) seed map in MNI152NLin2009cAsym, resampled to the BOLD grid (nearest
+        neighbour for masks, continuous for weighted maps).
+    shape, affine
+        The BOLD grid.
+
+    Returns
+    -------
+    weights : numpy.ndarray, float, 3D
+    description : str
+    """
+    kind = seed.get("kind", "sphere")
+    if kind == "sphere":
+        c = [float(v) for v in seed["center_mm"]]
+        r = float(seed["radius_mm"])
+        return (sphere_mask(shape, affine, c, r).astype(float),
+                f"sphere centre ({c[0]:g}, {c[1]:g}, {c[2]:g}) mm MNI152NLin2009cAsym, radius {r:g} mm")
+    if kind != "file":
+        raise InputError(None, f"seed kind '{kind}' is not known.", "Use 'sphere' or 'file'.")
+    path = Path(str(seed.get("file") or ""))
+    if not path.is_file():
+        raise InputError(path, "the seed file does not exist.", "Fix seed.file in the config.")
+    from nilearn.image import resample_img
+
+    try:
+        img = nb.load(path)
+        vals = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise InputError(path, f"cannot read the seed image ({exc}).",
+                         "Give a valid 3D NIfTI file.") from exc
+    if vals.ndim == 4 and vals.shape[3] == 1:
+        img = nb.Nifti1Image(vals[..., 0], img.affine, img.header)
+        vals = vals[..., 0]
+    if vals.ndim != 3:
+        raise InputError(path, f"the seed image must be 3D, it is {vals.ndim}D.",
+                         "Give a 3D mask or seed map.")
+    if not np.all(np.isfinite(vals)):
+        raise InputError(path, "the seed image contains NaN or infinite values.",
+                         "Replace them with 0.")
+    binary = set(np.unique(vals).tolist()) <= {0, 1}
+    res = resample_img(img, target_affine=affine, target_shape=shape,
+                       interpolation="nearest" if binary else "continuous",
+                       force_resample=True, copy_header=True)
+    w = np.asarray(res.get_fdata(), dtype=float)
+    what = "binary mask" if binary else "weighted seed map"
+    return w, f"{what} {path.name} resampled to the BOLD grid"
+
+
+def seed_timeseries(combined: CombinedData, weights: np.ndarray,
+                    seed_name: str = "seed") -> tuple[np.ndarray, int]:
+    """Weighted mean time series of the seed voxels.
+
+    ``ts = Σ w_i x_i / Σ |w_i|`` over in-mask voxels with non-zero weight.
+
+    Returns
+    -------
+    ts : numpy.ndarray, float64, (n_volumes,)
+    n_voxels : int
+        Number of in-mask voxels in the seed.
+    """
+    w = weights[tuple(combined.voxels.T)]
+    sel = np.flatnonzero(w != 0)
+    if sel.size == 0:
+        raise InputError(seed_name, "the seed has no voxel inside the brain mask after "
+                         "resampling to the BOLD grid.", "Check the seed's position/space "
+                         "(MNI152NLin2009cAsym) and size.")
+    ts = combined.data[:, sel].astype(np.float64) @ w[sel] / np.abs(w[sel]).sum()
+    return ts, int(sel.size)
+
+
+def correlation_map(data: np.ndarray, ts: np.ndarray) -> np.ndarray:
+    """Pearson correlation of ``ts`` with every column of ``data``.
+
+    Parameters
+    ----------
+    data : numpy.ndarray (n_volumes, n_voxels)
+    ts : numpy.ndarray (n_volumes,)
+
+    Returns
+    -------
+    numpy.ndarray, float64, (n_voxels,)
+    """
+    x = data.astype(np.float64, copy=False)
+    t = ts - ts.mean()
+    tn = np.sqrt(t @ t)
+    if tn == 0:
+        raise InputError(None, "the seed time series is constant (zero variance).",
+                         "Check the seed lies in brain tissue with signal.")
+    xm = x.mean(axis=0)
+    num = t @ x  # t is centred, so subtracting xm is unnecessary
+    xn = np.sqrt(np.maximum((x * x).sum(axis=0) - x.shape[0] * xm**2, 0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = num / (tn * xn)
+    return np.where(xn > 0, r, 0.0)
+
+
+def to_volume(values: np.ndarray, combined: CombinedData, fill: float = 0.0) -> np.ndarray:
+    """Scatter per-voxel values back into a 3D volume."""
+    vol = np.full(combined.shape, fill, dtype=np.float32)
+    vol[tuple(combined.voxels.T)] = values
+    return vol

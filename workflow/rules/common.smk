@@ -1,0 +1,118 @@
+# Helpers for the rules: config validation, input discovery, input functions.
+import os
+import re
+import sys
+
+from snakemake.utils import validate
+
+sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+
+from tmstarget.errors import TmsTargetError  # noqa: E402
+from tmstarget.plan import build_plan  # noqa: E402
+
+
+validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
+
+try:
+    PLAN = build_plan(config)
+except TmsTargetError as _exc:
+    raise WorkflowError(f"tmstarget: {_exc}") from None
+
+OUT = str(PLAN.output_dir)
+
+for _s in PLAN.skipped:
+    _where = f"sub-{_s.participant}" + (f" ses-{_s.session}" if _s.session else "") + (
+        f" run-{_s.run}" if _s.run else ""
+    )
+    print(f"[tmstarget] skipped {_where}: {_s.reason}", file=sys.stderr)
+if not PLAN.units:
+    raise WorkflowError(
+        f"tmstarget: no usable run found in {PLAN.fmriprep_dir} (task "
+        f"'{config['task']}', space {config['space']}). See the 'skipped' lines above."
+    )
+
+
+def _alternatives(values):
+    """Wildcard constraint that matches exactly the known values (escaped)."""
+    return "|".join(re.escape(v) for v in sorted(values))
+
+
+wildcard_constraints:
+    prefix=_alternatives(PLAN.units),
+    runprefix=_alternatives(PLAN.runs),
+
+
+def get_run(wildcards):
+    """Input files of one run, as a dict."""
+    return PLAN.runs[wildcards.runprefix].to_dict()
+
+
+def get_run_files(wildcards):
+    r = PLAN.runs[wildcards.runprefix]
+    return {
+        "bold": r.bold,
+        "mask": r.mask,
+        "confounds": r.confounds,
+        "confounds_json": r.confounds_json,
+        "bold_json": r.bold_json,
+    }
+
+
+def get_unit(wildcards):
+    """(participant, session) of an output prefix."""
+    u = PLAN.units[wildcards.prefix]
+    return {"participant": u.participant, "session": u.session}
+
+
+def get_denoised_runs(wildcards):
+    return [
+        f"{OUT}/work/{rp}_desc-denoised_timeseries.npz"
+        for rp in PLAN.unit_runs[wildcards.prefix]
+    ]
+
+
+def get_user_files(section):
+    """A user-supplied seed/search file as an input (so edits trigger reruns)."""
+    f = config[section].get("file")
+    return [f] if config[section].get("kind") == "file" and f else []
+
+
+def get_target_jsons():
+    return [
+        f"{OUT}/{p}_space-MNI152NLin2009cAsym_desc-target_coords.json"
+        for p in sorted(PLAN.units)
+    ]
+
+
+def get_skipped():
+    return [
+        {
+            "participant_id": f"sub-{s.participant}",
+            "session_id": f"ses-{s.session}" if s.session else None,
+            "run": s.run,
+            "reason": s.reason,
+        }
+        for s in PLAN.skipped
+    ]
+
+
+def get_final_outputs():
+    return [
+        f"{OUT}/targets.tsv",
+        f"{OUT}/dataset_description.json",
+    ]
+
+
+def mem_for_bold(wildcards, attempt):
+    """Memory (MB) for denoising one run: from the BOLD's voxel x volume count."""
+    import nibabel as nb
+
+    try:
+        shape = nb.load(PLAN.runs[wildcards.runprefix].bold).shape
+        n = 1
+        for s in shape:
+            n *= int(s)
+    except Exception:
+        n = 0
+    # smoothing + cleaning hold ~4 float64 copies of the 4D data
+    return int(min(max(1000, 500 + n * 8 * 4 / 1e6), 64000) * attempt)

@@ -1,0 +1,86 @@
+# Denoise each run, build each participant/session's seed map, pick targets, aggregate.
+
+localrules:
+    aggregate,
+
+
+rule denoise_run:
+    input:
+        unpack(get_run_files),
+    output:
+        npz=f"{OUT}/work/{{runprefix}}_desc-denoised_timeseries.npz",
+    params:
+        run=get_run,
+    log:
+        f"{OUT}/logs/denoise_run/{{runprefix}}.log",
+    threads: 1
+    resources:
+        mem_mb=mem_for_bold,
+        runtime=30,
+    script:
+        "../../scripts/denoise_run.py"
+
+
+rule seed_map:
+    input:
+        runs=get_denoised_runs,
+        user_seed=get_user_files("seed"),
+    output:
+        rmap=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-sgacc_stat-r_boldmap.nii.gz",
+        sidecar=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-sgacc_stat-r_boldmap.json",
+        mask=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-analysis_mask.nii.gz",
+        seed_tsv=f"{OUT}/{{prefix}}_desc-sgacc_timeseries.tsv",
+        qc=f"{OUT}/work/{{prefix}}_desc-seedmap_qc.json",
+    params:
+        unit=get_unit,
+    log:
+        f"{OUT}/logs/seed_map/{{prefix}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    script:
+        "../../scripts/seed_map.py"
+
+
+rule target:
+    input:
+        rmap=rules.seed_map.output.rmap,
+        mask=rules.seed_map.output.mask,
+        qc=rules.seed_map.output.qc,
+        user_search=get_user_files("search"),
+    output:
+        coords=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-target_coords.json",
+        region=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-searchregion_mask.nii.gz",
+    params:
+        unit=get_unit,
+        output_root=OUT,
+    log:
+        f"{OUT}/logs/target/{{prefix}}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/target.py"
+
+
+rule aggregate:
+    input:
+        get_target_jsons(),
+    output:
+        tsv=f"{OUT}/targets.tsv",
+        skipped=f"{OUT}/skipped.tsv",
+        description=f"{OUT}/dataset_description.json",
+        config=f"{OUT}/tmstarget_config.yaml",
+    params:
+        skipped=get_skipped(),
+        output_root=OUT,
+    log:
+        f"{OUT}/logs/aggregate.log",
+    threads: 1
+    resources:
+        mem_mb=500,
+        runtime=5,
+    script:
+        "../../scripts/aggregate.py"
