@@ -8,5 +8,5 @@ from tmstarget.pipeline import aggregate_step  # noqa: E402
 from tmstarget.smk import run_step  # noqa: E402
 
 sm = snakemake  # noqa: F821
-run_step(sm, aggregate_step, target_jsons=list(sm.input), skipped=sm.params.skipped,
-         cfg=sm.config, output_root=sm.params.output_root)
+run_step(sm, aggregate_step, target_jsons=list(sm.input.targets), skipped=sm.params.skipped,
+         cfg=sm.config, output_root=sm.params.output_root, repro_jsons=list(sm.input.repro))

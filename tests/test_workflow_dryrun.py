@@ -56,7 +56,7 @@ def dry_run(src: Path, out: Path, extra_cfg: dict | None = None, *args: str):
 
 def job_counts(stdout: str) -> dict[str, int]:
     counts = {}
-    for rule in ("denoise_run", "seed_map", "target", "aggregate"):
+    for rule in ("denoise_run", "seed_map", "target", "reproducibility", "aggregate"):
         m = re.search(rf"^\s*{rule}\s+(\d+)\s*$", stdout, re.M)
         counts[rule] = int(m.group(1)) if m else 0
     return counts
@@ -72,7 +72,7 @@ def test_dry_run_sessions_and_runs(tmp_path):
     assert res.returncode == 0, res.stderr
     # 1 + 2 + 1 + 2 runs; units: 01, 02, 03/ses-1, 03/ses-2
     assert job_counts(res.stdout) == {"denoise_run": 6, "seed_map": 4, "target": 4,
-                                      "aggregate": 1}
+                                      "reproducibility": 4, "aggregate": 1}
     assert "sub-03/ses-2/func/sub-03_ses-2_task-rest_space-MNI152NLin2009cAsym_desc-target_coords.json" in res.stdout
     assert "run-02" in res.stdout  # zero padding kept
     assert not (tmp_path / "out" / "targets.tsv").exists()

@@ -199,9 +199,17 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
 
 
 def aggregate_step(target_jsons: Sequence[str | Path], skipped: Sequence[Mapping[str, Any]],
-                   cfg: Mapping[str, Any], output_root: str | Path) -> None:
-    """Write ``targets.tsv``, ``skipped.tsv``, ``dataset_description.json`` and the config."""
+                   cfg: Mapping[str, Any], output_root: str | Path,
+                   repro_jsons: Sequence[str | Path] = ()) -> None:
+    """Write the cohort files at the output root.
+
+    ``targets.tsv``, ``skipped.tsv``, ``dataset_description.json``, ``tmstarget_config.yaml``
+    and, when reproducibility results are given, ``reproducibility.tsv`` and
+    ``reproducibility_summary.json`` (and the reliability flag appended to ``targets.tsv``).
+    """
     import yaml
+
+    from .reproducibility import cohort_summary
 
     root = Path(output_root)
     rows = []
@@ -218,7 +226,46 @@ def aggregate_step(target_jsons: Sequence[str | Path], skipped: Sequence[Mapping
                 "retained_volumes": d["retained_volumes"],
                 "target_json": str(Path(p).resolve().relative_to(root.resolve())),
             })
-    df = pd.DataFrame(rows, columns=list(TARGETS_COLUMNS))
+    columns = list(TARGETS_COLUMNS)
+    if repro_jsons:
+        rrows = []
+        for p in repro_jsons:
+            d = json.loads(Path(p).read_text())
+            for m, sh in d["split_half"]["methods"].items():
+                bs = d["bootstrap"]["methods"][m]
+                ft = d["full_targets"][m]
+                rrows.append({
+                    "participant_id": d["participant_id"], "session_id": d["session_id"] or "n/a",
+                    "method": m, "x": ft["x"], "y": ft["y"], "z": ft["z"],
+                    "split_half_distance_mm": sh["distance_mm"], "split_half_map_r": sh["map_r"],
+                    "half_a_to_full_mm": sh["half_a_to_full_mm"],
+                    "half_b_to_full_mm": sh["half_b_to_full_mm"],
+                    "bootstrap_radius95_mm": bs["radius95_mm"],
+                    "bootstrap_fraction_within_5mm": bs["fraction_within_5mm"],
+                    "split": d["split_half"]["split"],
+                })
+        rc = cfg["reproducibility"]
+        flagged, summary = cohort_summary(rrows, float(rc["max_split_half_ratio"]),
+                                          float(rc["max_bootstrap_radius_mm"]))
+        rdf = pd.DataFrame(flagged).reindex(columns=list(REPRO_COLUMNS))
+        rdf = rdf.sort_values(["participant_id", "session_id", "method"], kind="stable")
+        write_text(root / "reproducibility.tsv",
+                   rdf.round(3).to_csv(sep="\t", index=False, na_rep="n/a"))
+        write_json(root / "reproducibility_summary.json", {
+            "description": "Within-subject split-half target distances against between-subject "
+                           "target distances (MNI152NLin2009cAsym mm), per method.",
+            "max_split_half_ratio": rc["max_split_half_ratio"],
+            "max_bootstrap_radius_mm": rc["max_bootstrap_radius_mm"],
+            "methods": summary,
+            "n_unreliable": int(sum(r["reliability"] == "unreliable" for r in flagged)),
+        })
+        flag = {(r["participant_id"], r["session_id"], r["method"]):
+                (r["reliability"], r["reliability_reason"]) for r in flagged}
+        for row in rows:
+            row["reliability"], row["reliability_reason"] = flag.get(
+                (row["participant_id"], row["session_id"], row["method"]), ("n/a", ""))
+        columns += ["reliability", "reliability_reason"]
+    df = pd.DataFrame(rows, columns=columns)
     df = df.sort_values(["participant_id", "session_id", "method"], kind="stable")
     write_text(root / "targets.tsv", df.to_csv(sep="\t", index=False, na_rep="n/a"))
     sk = pd.DataFrame(list(skipped), columns=["participant_id", "session_id", "run", "reason"])
@@ -235,3 +282,68 @@ def aggregate_step(target_jsons: Sequence[str | Path], skipped: Sequence[Mapping
     write_text(root / "tmstarget_config.yaml",
                "# The configuration this output was made with (defaults filled in).\n"
                + yaml.safe_dump(json.loads(json.dumps(dict(cfg))), sort_keys=False))
+
+
+#: Column order of ``reproducibility.tsv`` (columns are only ever appended).
+REPRO_COLUMNS: tuple[str, ...] = (
+    "participant_id", "session_id", "method", "x", "y", "z", "split_half_distance_mm",
+    "split_half_map_r", "half_a_to_full_mm", "half_b_to_full_mm", "bootstrap_radius95_mm",
+    "bootstrap_fraction_within_5mm", "reliability", "reliability_reason", "split",
+)
+
+
+def reproducibility_step(npz_paths: Sequence[str | Path], target_json: str | Path,
+                         map_path: str | Path, mask_path: str | Path, region_path: str | Path,
+                         cfg: Mapping[str, Any], out_json: str | Path,
+                         out_cloud: str | Path) -> dict:
+    """Split-half targets, bootstrap cloud and reference-site comparison for one unit."""
+    from .denoise import load_denoised
+    from .reproducibility import (bootstrap, circular_block_bootstrap, reference_sites,
+                                  region_data, split_half, split_indices)
+    from .seedmap import combine_runs, seed_timeseries, seed_weights
+    from .target import Target
+
+    runs = [load_denoised(p) for p in npz_paths]
+    combined = combine_runs(runs, [str(p) for p in npz_paths])
+    weights, _ = seed_weights(cfg["seed"], combined.shape, combined.affine)
+    ts, _ = seed_timeseries(combined, weights, str(cfg["seed"].get("file") or "sgACC seed"))
+    region = np.asarray(nb.load(region_path).dataobj) > 0
+    tj = json.loads(Path(target_json).read_text())
+    fields = set(Target.__dataclass_fields__)
+    full = {m: Target(**{k: (tuple(v) if isinstance(v, list) else v)
+                         for k, v in t.items() if k in fields})
+            for m, t in tj["targets"].items()}
+    rc = cfg["reproducibility"]
+    tcfg = cfg["target"]
+    target_kw = {"cluster_percent": float(tcfg["cluster_percent"]),
+                 "weighted_n_voxels": int(tcfg["weighted_n_voxels"])}
+    tr = float(runs[0].tr)
+    rd = region_data(combined, ts, region)
+    a, b, split_desc = split_indices(combined.run_lengths, rc["split"],
+                                     int(round(float(rc["gap_seconds"]) / tr)))
+    halves = split_half(rd, a, b, full, target_kw)
+    block = max(1, int(round(float(rc["bootstrap_block_seconds"]) / tr)))
+    counts = circular_block_bootstrap(rd.x.shape[0], block, int(rc["bootstrap_resamples"]),
+                                      int(rc["bootstrap_seed"]))
+    cloud, boot = bootstrap(rd, counts, full, target_kw)
+    rimg = nb.load(map_path)
+    brain = np.asarray(nb.load(mask_path).dataobj) > 0
+    refs = reference_sites(np.asarray(rimg.dataobj, float), brain, rimg.affine, full,
+                           cfg["search"].get("sites") or None)
+    cdf = pd.DataFrame(cloud, columns=["resample", "method", "x", "y", "z", "r"])
+    write_text(out_cloud, cdf.to_csv(sep="\t", index=False, float_format="%.4f"))
+    out = {
+        "participant_id": tj["participant_id"], "session_id": tj["session_id"],
+        "space": MNI_SPACE, "convention": CONVENTION,
+        "reference_image": tj["reference_image"],
+        "split_half": {"split": split_desc, "volumes": [int(a.size), int(b.size)],
+                       "methods": halves},
+        "bootstrap": {"block_volumes": block, "block_seconds": block * tr,
+                      "n_resamples": int(rc["bootstrap_resamples"]),
+                      "seed": int(rc["bootstrap_seed"]), "methods": boot,
+                      "cloud": Path(out_cloud).name},
+        "reference_sites": refs,
+        "full_targets": {m: {"x": t.x, "y": t.y, "z": t.z, "r": t.r} for m, t in full.items()},
+    }
+    write_json(out_json, out)
+    return out

@@ -178,6 +178,85 @@ def _centroid_target(method: str, sel: np.ndarray, rmap: np.ndarray, region: np.
                   distance_to_region_edge_mm=float(edge[tuple(vox)]), description=description)
 
 
+class TargetFinder:
+    """Pick targets repeatedly on maps sharing one grid and search region.
+
+    The grid geometry (voxel centres, distance to the region edge) is computed once, so the
+    bootstrap can call :meth:`find` hundreds of times cheaply.
+
+    Parameters
+    ----------
+    region : numpy.ndarray of bool, 3D
+        Search region.
+    affine : numpy.ndarray (4, 4)
+        Grid affine (any storage orientation).
+    """
+
+    def __init__(self, region: np.ndarray, affine: np.ndarray) -> None:
+        self.region = np.asarray(region, bool)
+        if not self.region.any():
+            raise InputError(None, "the search region is empty.", "Check the search region.")
+        self.affine = np.asarray(affine, float)
+        self.shape = self.region.shape
+        self.xyz = voxel_centers_mm(self.shape, self.affine)
+        # Distance (mm) from each region voxel to the nearest voxel outside the region.
+        self.edge = ndimage.distance_transform_edt(
+            np.pad(self.region, 1), sampling=_voxel_sizes(self.affine))[1:-1, 1:-1, 1:-1]
+
+    def find(self, rmap: np.ndarray, methods: Sequence[str] = ("classic", "cluster"),
+             cluster_percent: float = 10.0, weighted_n_voxels: int = 50) -> dict[str, Target]:
+        """Targets on ``rmap`` (see :func:`find_targets`)."""
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise InputError(None, f"unknown target method(s) {unknown}.",
+                             f"Use some of {list(METHODS)}.")
+        region = self.region & np.isfinite(rmap)
+        n_region = int(region.sum())
+        if n_region == 0:
+            raise InputError(None, "the search region has no voxel with a value in the map.",
+                             "Check the search region and the brain mask.")
+        xyz, edge, affine = self.xyz, self.edge, self.affine
+        vals = np.where(region, rmap, np.inf)
+        out: dict[str, Target] = {}
+        for m in methods:
+            if m == "classic":
+                vox = np.unravel_index(int(np.argmin(vals)), rmap.shape)
+                p = xyz[vox]
+                out[m] = Target(m, *(float(v) for v in p), r=float(rmap[vox]),
+                                voxel=tuple(int(v) for v in vox), n_voxels=1, snapped=False,
+                                snap_distance_mm=0.0, centroid_mm=None,
+                                distance_to_region_edge_mm=float(edge[vox]),
+                                description="most negative voxel of the seed-correlation map "
+                                            "in the search region (Fox et al. 2012)")
+            elif m == "cluster":
+                if not 0 < cluster_percent <= 100:
+                    raise InputError(None, f"cluster_percent must be in (0, 100], got "
+                                     f"{cluster_percent}.", "Fix target.cluster_percent.")
+                k = max(1, int(np.ceil(n_region * cluster_percent / 100.0)))
+                order = np.argsort(vals, axis=None, kind="stable")[:k]
+                keep = np.zeros(rmap.shape, bool)
+                keep.flat[order] = True
+                labels, n = ndimage.label(keep, structure=np.ones((3, 3, 3), bool))
+                sizes = ndimage.sum_labels(keep, labels, index=np.arange(1, n + 1))
+                mass = ndimage.sum_labels(np.abs(np.where(keep, rmap, 0)), labels,
+                                          index=np.arange(1, n + 1))
+                # largest cluster; ties broken by the larger summed |r|
+                best = int(np.lexsort((-mass, -sizes))[0]) + 1
+                out[m] = _centroid_target(
+                    m, labels == best, rmap, region, xyz, edge, affine,
+                    f"|r|-weighted centre of gravity of the largest 26-connected cluster among "
+                    f"the most negative {cluster_percent:g}% ({k} voxels) of the search region")
+            else:  # weighted
+                k = int(min(max(1, weighted_n_voxels), n_region))
+                order = np.argsort(vals, axis=None, kind="stable")[:k]
+                sel = np.zeros(rmap.shape, bool)
+                sel.flat[order] = True
+                out[m] = _centroid_target(m, sel, rmap, region, xyz, edge, affine,
+                                          f"|r|-weighted centroid of the {k} most negative "
+                                          f"voxels of the search region")
+        return out
+
+
 def find_targets(rmap: np.ndarray, region: np.ndarray, affine: np.ndarray,
                  methods: Sequence[str] = ("classic", "cluster"), cluster_percent: float = 10.0,
                  weighted_n_voxels: int = 50) -> dict[str, Target]:
@@ -203,55 +282,4 @@ def find_targets(rmap: np.ndarray, region: np.ndarray, affine: np.ndarray,
     dict
         Method name → :class:`Target`.
     """
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise InputError(None, f"unknown target method(s) {unknown}.",
-                         f"Use some of {list(METHODS)}.")
-    region = np.asarray(region, bool) & np.isfinite(rmap)
-    n_region = int(region.sum())
-    if n_region == 0:
-        raise InputError(None, "the search region is empty.", "Check the search region.")
-    affine = np.asarray(affine, float)
-    xyz = voxel_centers_mm(rmap.shape, affine)
-    # Distance (mm) from each region voxel to the nearest voxel outside the region.
-    edge = ndimage.distance_transform_edt(np.pad(region, 1), sampling=_voxel_sizes(affine))[
-        1:-1, 1:-1, 1:-1]
-    vals = np.where(region, rmap, np.inf)
-    out: dict[str, Target] = {}
-    for m in methods:
-        if m == "classic":
-            vox = np.unravel_index(int(np.argmin(vals)), rmap.shape)
-            p = xyz[vox]
-            out[m] = Target(m, *(float(v) for v in p), r=float(rmap[vox]),
-                            voxel=tuple(int(v) for v in vox), n_voxels=1, snapped=False,
-                            snap_distance_mm=0.0, centroid_mm=None,
-                            distance_to_region_edge_mm=float(edge[vox]),
-                            description="most negative voxel of the seed-correlation map "
-                                        "in the search region (Fox et al. 2012)")
-        elif m == "cluster":
-            if not 0 < cluster_percent <= 100:
-                raise InputError(None, f"cluster_percent must be in (0, 100], got "
-                                 f"{cluster_percent}.", "Fix target.cluster_percent.")
-            k = max(1, int(np.ceil(n_region * cluster_percent / 100.0)))
-            order = np.argsort(vals, axis=None, kind="stable")[:k]
-            keep = np.zeros(rmap.shape, bool)
-            keep.flat[order] = True
-            labels, n = ndimage.label(keep, structure=np.ones((3, 3, 3), bool))
-            sizes = ndimage.sum_labels(keep, labels, index=np.arange(1, n + 1))
-            mass = ndimage.sum_labels(np.abs(np.where(keep, rmap, 0)), labels,
-                                      index=np.arange(1, n + 1))
-            # largest cluster; ties broken by the larger summed |r|
-            best = int(np.lexsort((-mass, -sizes))[0]) + 1
-            out[m] = _centroid_target(
-                m, labels == best, rmap, region, xyz, edge, affine,
-                f"|r|-weighted centre of gravity of the largest 26-connected cluster among the "
-                f"most negative {cluster_percent:g}% ({k} voxels) of the search region")
-        else:  # weighted
-            k = int(min(max(1, weighted_n_voxels), n_region))
-            order = np.argsort(vals, axis=None, kind="stable")[:k]
-            sel = np.zeros(rmap.shape, bool)
-            sel.flat[order] = True
-            out[m] = _centroid_target(m, sel, rmap, region, xyz, edge, affine,
-                                      f"|r|-weighted centroid of the {k} most negative voxels "
-                                      f"of the search region")
-    return out
+    return TargetFinder(region, affine).find(rmap, methods, cluster_percent, weighted_n_voxels)

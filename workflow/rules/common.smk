@@ -84,6 +84,15 @@ def get_target_jsons():
     ]
 
 
+def get_repro_jsons():
+    if not config["reproducibility"]["enabled"]:
+        return []
+    return [
+        f"{OUT}/{p}_space-MNI152NLin2009cAsym_desc-reproducibility_stats.json"
+        for p in sorted(PLAN.units)
+    ]
+
+
 def get_skipped():
     return [
         {

@@ -65,9 +65,31 @@ rule target:
         "../../scripts/target.py"
 
 
+rule reproducibility:
+    input:
+        runs=get_denoised_runs,
+        coords=rules.target.output.coords,
+        rmap=rules.seed_map.output.rmap,
+        mask=rules.seed_map.output.mask,
+        region=rules.target.output.region,
+        user_seed=get_user_files("seed"),
+    output:
+        stats=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-reproducibility_stats.json",
+        cloud=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-bootstrap_targets.tsv",
+    log:
+        f"{OUT}/logs/reproducibility/{{prefix}}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../../scripts/reproducibility.py"
+
+
 rule aggregate:
     input:
-        get_target_jsons(),
+        targets=get_target_jsons(),
+        repro=get_repro_jsons(),
     output:
         tsv=f"{OUT}/targets.tsv",
         skipped=f"{OUT}/skipped.tsv",
