@@ -112,16 +112,44 @@ def get_final_outputs():
     ]
 
 
-def mem_for_bold(wildcards, attempt):
-    """Memory (MB) for denoising one run: from the BOLD's voxel x volume count."""
+def _bold_size(bold):
+    """(voxels per volume, volumes) of a BOLD file from its header (0, 0 if unreadable)."""
     import nibabel as nb
 
     try:
-        shape = nb.load(PLAN.runs[wildcards.runprefix].bold).shape
-        n = 1
-        for s in shape:
-            n *= int(s)
+        shape = nb.load(bold).shape
+        return int(shape[0] * shape[1] * shape[2]), int(shape[3] if len(shape) > 3 else 1)
     except Exception:
-        n = 0
-    # smoothing + cleaning hold ~4 float64 copies of the 4D data
-    return int(min(max(1000, 500 + n * 8 * 4 / 1e6), 64000) * attempt)
+        return 0, 0
+
+
+def mem_for_bold(wildcards, attempt):
+    """Memory (MB) to denoise one run, from its voxel x volume count; grows with retries."""
+    vox, vols = _bold_size(PLAN.runs[wildcards.runprefix].bold)
+    # smoothing and cleaning hold about four float64 copies of the 4D data
+    return int(min(max(1000, 500 + vox * vols * 8 * 4 / 1e6), 128000) * attempt)
+
+
+def mem_for_unit(wildcards, attempt):
+    """Memory (MB) for a participant's seed map / reproducibility: its denoised data."""
+    total = 0
+    for rp in PLAN.unit_runs[wildcards.prefix]:
+        vox, vols = _bold_size(PLAN.runs[rp].bold)
+        total += vox * vols
+    # masked float32 data (~half the grid is brain) plus float64 working copies
+    return int(min(max(1000, 500 + total * 0.5 * (4 + 8 * 2) / 1e6), 128000) * attempt)
+
+
+def runtime_for_bold(wildcards, attempt):
+    """Minutes for one run: generous, scaled by data size and attempt."""
+    vox, vols = _bold_size(PLAN.runs[wildcards.runprefix].bold)
+    return int((10 + vox * vols / 2e7) * attempt)
+
+
+def mem_scaled(mb):
+    """A fixed memory request that grows with each retry."""
+
+    def _mem(wildcards, attempt):
+        return mb * attempt
+
+    return _mem

@@ -13,10 +13,12 @@ rule denoise_run:
         run=get_run,
     log:
         f"{OUT}/logs/denoise_run/{{runprefix}}.log",
+    group:
+        "participant"
     threads: 1
     resources:
         mem_mb=mem_for_bold,
-        runtime=30,
+        runtime=runtime_for_bold,
     script:
         "../../scripts/denoise_run.py"
 
@@ -35,9 +37,11 @@ rule seed_map:
         unit=get_unit,
     log:
         f"{OUT}/logs/seed_map/{{prefix}}.log",
+    group:
+        "participant"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_for_unit,
         runtime=20,
     script:
         "../../scripts/seed_map.py"
@@ -57,9 +61,11 @@ rule target:
         output_root=OUT,
     log:
         f"{OUT}/logs/target/{{prefix}}.log",
+    group:
+        "participant"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=mem_scaled(1000),
         runtime=10,
     script:
         "../../scripts/target.py"
@@ -78,9 +84,11 @@ rule reproducibility:
         cloud=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-bootstrap_targets.tsv",
     log:
         f"{OUT}/logs/reproducibility/{{prefix}}.log",
+    group:
+        "participant"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=mem_for_unit,
         runtime=30,
     script:
         "../../scripts/reproducibility.py"
@@ -102,7 +110,7 @@ rule aggregate:
         f"{OUT}/logs/aggregate.log",
     threads: 1
     resources:
-        mem_mb=500,
+        mem_mb=mem_scaled(500),
         runtime=5,
     script:
         "../../scripts/aggregate.py"
