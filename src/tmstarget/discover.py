@@ -210,6 +210,13 @@ def discover(
             continue
         runs.append(RunInputs(sub or "", ses, task, acq, run, bold, mask, conf, confj, bjson))
 
+    # Folders pybids cannot index because their label is not a valid BIDS label
+    # (spaces, quotes, ';', unicode, ...): report them, never drop them silently.
+    for d in sorted(root.glob("sub-*")):
+        lab = d.name[4:]
+        if d.is_dir() and not re.fullmatch(r"[A-Za-z0-9]+", lab):
+            skipped.append(Skipped(lab, None, None, f"folder name {d.name!r} is not a valid BIDS "
+                                   "participant label (letters and digits only); rename it"))
     have = {r.participant for r in runs}
     for s in subjects:
         if s not in have and not any(x.participant == s for x in skipped):

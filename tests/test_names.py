@@ -1,0 +1,57 @@
+"""Hostile and odd names: labels never escape the output folder or reach a shell."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tmstarget.discover import discover
+from tmstarget.errors import ConfigError
+from tmstarget.plan import _check_label, run_prefix, unit_prefix
+from tmstarget.discover import RunInputs
+
+HOSTILE = ["a b", "ü", "x'y", 'q"q', "a;b", "$(touch pwned)", "../..", "a/b", "<b>", "`id`",
+           "", " ", "\n", "01\x00"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=0, max_size=20))
+def test_any_label_is_refused_or_stays_inside_the_output(label):
+    out = Path("/tmp/out").resolve()
+    try:
+        _check_label(label, "participant", "x")
+    except ConfigError as exc:
+        assert "not a valid BIDS label" in str(exc)
+        return
+    assert label.isalnum() and label.isascii()
+    p = (out / unit_prefix(label, None, "rest")).resolve()
+    assert out in p.parents
+    r = RunInputs(label, label, "rest", None, label, "b", "m", "c", "cj", "bj")
+    p2 = (out / run_prefix(r)).resolve()
+    assert out in p2.parents
+
+
+def test_hostile_folder_names_are_reported_not_dropped(tmp_path):
+    root = tmp_path / "fmriprep"
+    root.mkdir()
+    (root / "dataset_description.json").write_text(json.dumps(
+        {"Name": "x", "BIDSVersion": "1.9.0", "DatasetType": "derivative"}))
+    good = root / "sub-01" / "func"
+    good.mkdir(parents=True)
+    for f in ("sub-01_task-rest_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz",
+              "sub-01_task-rest_space-MNI152NLin2009cAsym_desc-preproc_bold.json",
+              "sub-01_task-rest_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz",
+              "sub-01_task-rest_desc-confounds_timeseries.tsv",
+              "sub-01_task-rest_desc-confounds_timeseries.json"):
+        (good / f).touch()
+    for bad in ("sub-0 2", "sub-$(touch pwned)", "sub-a;b", "sub-ü"):
+        (root / bad / "func").mkdir(parents=True)
+    runs, skipped = discover(root)
+    assert [r.participant for r in runs] == ["01"]
+    reasons = " ".join(s.reason for s in skipped)
+    for bad in ("sub-0 2", "sub-$(touch pwned)", "sub-a;b", "sub-ü"):
+        assert repr(bad) in reasons
+    assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
