@@ -14,6 +14,8 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/targets.smk"
+include: "workflow/rules/native.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:

@@ -106,3 +106,67 @@ def test_rerun_does_nothing(sample_run):
     again = tmstarget(str(SAMPLE), str(out), "participant", "--cores", "1")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_native_exports_for_every_subject_and_session(sample_run):
+    """Each sample subject/session's anat/ folder holds every navigator file; the T1w target
+    sits where the known rigid MNI->T1w transform puts the planted truth."""
+    from tmstarget.navigation import ALL_FORMATS
+
+    out, res, _, _ = sample_run
+    assert res.returncode == 0
+    truth = pd.read_csv(SAMPLE / "truth.tsv", sep="\t", dtype={"session_id": str},
+                        keep_default_na=False)
+    for _, t in truth.iterrows():
+        ses = None if t.session_id == "n/a" else t.session_id
+        stem = t.participant_id + (f"_{ses}" if ses else "") + "_task-rest_space-T1w_desc-target"
+        folder = out / t.participant_id / (ses or "") / "anat"
+        d = json.loads((folder / f"{stem}_coords.json").read_text())
+        for suffix in ALL_FORMATS.values():
+            assert (folder / f"{stem}{suffix}").is_file(), (stem, suffix)
+        assert {e["key"] for e in d["exports"]} == set(ALL_FORMATS)
+        assert all((out / e["file"]).is_file() for e in d["exports"])
+        assert d["space"] == "T1w" and d["t1w"]["name"].endswith("_desc-preproc_T1w.nii.gz")
+        t1w = SAMPLE / t.participant_id / "anat" / d["t1w"]["name"]
+        assert hashlib.sha256(t1w.read_bytes()).hexdigest() == d["t1w"]["sha256"]
+        m = d["primary_method"]
+        tg = d["targets"][m]
+        d_t1w = float(np.linalg.norm(np.array(tg["t1w_mm"]) - [t.t1w_x, t.t1w_y, t.t1w_z]))
+        d_mni = float(np.linalg.norm(np.array(tg["mni_mm"]) - [t.x, t.y, t.z]))
+        assert d_t1w <= 4.0, (stem, m, d_t1w)
+        assert abs(d_t1w - d_mni) < 0.05  # rigid transform: the MNI error carries over unchanged
+        assert 5.0 < tg["scalp_to_target_mm"] < 40.0 and tg["scalp_to_cortex_mm"] > 5.0
+        assert d["scalp_to_cortex_mm"]["hotspot"] is not None
+        assert "not a prescription" in d["depth_advice"]
+
+
+def test_every_sample_unit_gets_a_report_and_the_cohort_report_links_them(sample_run):
+    """Per-subject HTML + JSON twin for every unit (simulated banner, native section, exact
+    coordinates, no external URL); cohort_report.html links every one of them."""
+    import re
+
+    out, res, _, _ = sample_run
+    assert res.returncode == 0
+    truth = pd.read_csv(SAMPLE / "truth.tsv", sep="\t", dtype={"session_id": str},
+                        keep_default_na=False)
+    cohort = (out / "cohort_report.html").read_text()
+    links = set(re.findall(r'href="([^"]+)"', cohort))
+    for _, t in truth.iterrows():
+        ses = None if t.session_id == "n/a" else t.session_id
+        unit = t.participant_id + (f"_{ses}" if ses else "")
+        html_path = out / t.participant_id / (ses or "") / f"{unit}_report.html"
+        html = html_path.read_text()
+        twin = json.loads(html_path.with_suffix(".json").read_text())
+        assert html_path.relative_to(out).as_posix() in links, unit
+        assert "SIMULATED DATA" in html and twin["simulated"]
+        assert "http://" not in html and "https://" not in html and "//cdn" not in html
+        tj = json.loads(next((out / t.participant_id / (ses or "") / "func").glob(
+            "*_desc-target_coords.json")).read_text())
+        for m, tg in tj["targets"].items():
+            row = re.search(rf'<tr[^>]*data-method="{m}">(.*?)</tr>', html, re.DOTALL).group(1)
+            for ax in ("x", "y", "z"):
+                assert re.search(rf'coord-{ax}">([^<]*)<', row).group(1) == f"{tg[ax]:.2f}"
+                assert twin["targets"][m][ax] == tg[ax]
+        assert twin["native"]["available"] and "native" in twin["figures"], unit
+        assert "reproducibility" in twin and twin["reproducibility"]["methods"]
+    assert "http://" not in cohort and "https://" not in cohort

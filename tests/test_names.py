@@ -55,3 +55,29 @@ def test_hostile_folder_names_are_reported_not_dropped(tmp_path):
     for bad in ("sub-0 2", "sub-$(touch pwned)", "sub-a;b", "sub-ü"):
         assert repr(bad) in reasons
     assert not (tmp_path / "pwned").exists() and not Path("pwned").exists()
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(min_size=1, max_size=30))
+def test_any_name_gives_wellformed_xml_and_json(name):
+    """Any target name (markup, quotes, control characters, unicode) yields files that parse."""
+    import tempfile
+    import xml.etree.ElementTree as ET
+
+    from test_navigation import left_dlpfc_pose, make_t1w
+
+    import tmstarget.navigation as nav
+
+    with tempfile.TemporaryDirectory() as d:
+        t1 = make_t1w(Path(d) / "sub-01_desc-preproc_T1w.nii.gz")
+        pose = left_dlpfc_pose(t1, name=name)
+        try:
+            out = nav.write_all(pose, t1, Path(d) / "out", "sub-01")
+        except ConfigError:
+            return  # a refused name is fine; nothing may be written then
+        for key in ("localite_instrument_markers", "localite_entry_target"):
+            ET.parse(out[key])
+        for key in ("json", "ant_mrk", "slicer_mrk_json"):
+            json.loads(out[key].read_text(encoding="utf-8"))
+        for p in out.values():
+            assert Path(d, "out") in Path(p).resolve().parents

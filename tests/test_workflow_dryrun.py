@@ -56,7 +56,8 @@ def dry_run(src: Path, out: Path, extra_cfg: dict | None = None, *args: str):
 
 def job_counts(stdout: str) -> dict[str, int]:
     counts = {}
-    for rule in ("denoise_run", "seed_map", "target", "reproducibility", "aggregate"):
+    for rule in ("denoise_run", "seed_map", "target", "reproducibility", "aggregate", "native",
+                 "report", "cohort_report"):
         m = re.search(rf"^\s*{rule}\s+(\d+)\s*$", stdout, re.M)
         counts[rule] = int(m.group(1)) if m else 0
     return counts
@@ -72,9 +73,11 @@ def test_dry_run_sessions_and_runs(tmp_path):
     assert res.returncode == 0, res.stderr
     # 1 + 2 + 1 + 2 runs; units: 01, 02, 03/ses-1, 03/ses-2
     assert job_counts(res.stdout) == {"denoise_run": 6, "seed_map": 4, "target": 4,
-                                      "reproducibility": 4, "aggregate": 1}
+                                      "reproducibility": 4, "aggregate": 1, "native": 0,
+                                      "report": 4, "cohort_report": 1}
     assert "sub-03/ses-2/func/sub-03_ses-2_task-rest_space-MNI152NLin2009cAsym_desc-target_coords.json" in res.stdout
     assert "run-02" in res.stdout  # zero padding kept
+    assert "sub-03/ses-2/sub-03_ses-2_report.html" in res.stdout  # one report per unit
     assert not (tmp_path / "out" / "targets.tsv").exists()
 
 
@@ -144,3 +147,32 @@ def test_every_schema_key_has_description_and_default():
         if isinstance(v, dict):
             for kk in v:
                 assert kk in schema["properties"][k]["properties"], (k, kk)
+
+
+ANAT = ("{p}_desc-preproc_T1w.nii.gz", "{p}_desc-brain_mask.nii.gz",
+        "{p}_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5",
+        "{p}_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5")
+
+
+def test_dry_run_native_step_per_unit_with_anatomy(tmp_path):
+    src = make_tree(tmp_path / "fmriprep", {
+        "01": {None: [None]},
+        "02": {None: ["1", "2"]},
+        "03": {"1": [None], "2": [None]},
+    })
+    for sub in ("01", "03"):  # sub-02 has no anatomy: native skipped, MNI outputs still built
+        d = src / f"sub-{sub}" / "anat"
+        d.mkdir(parents=True)
+        for f in ANAT:
+            (d / f.format(p=f"sub-{sub}")).touch()
+    res = dry_run(src, tmp_path / "out")
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["native"] == 3 and counts["target"] == 4  # 01, 03/ses-1, 03/ses-2
+    assert ("sub-03/ses-2/anat/sub-03_ses-2_task-rest_space-T1w_desc-target_coords.json"
+            in res.stdout)
+    assert "sub-01/anat/sub-01_task-rest_space-T1w_desc-target_brainsight.txt" in res.stdout
+    assert re.search(r"sub-02: native/T1w export skipped", res.stderr)
+    off = dry_run(src, tmp_path / "out2", {"native": {"enabled": False}})
+    assert off.returncode == 0, off.stderr
+    assert job_counts(off.stdout)["native"] == 0

@@ -22,6 +22,9 @@ def digest(root: Path) -> dict[str, str]:
     out = {}
     for p in sorted(root.rglob("*")):
         rel = str(p.relative_to(root))
+        # reports carry a labelled generation date and the output folder's name: left out
+        if p.name.endswith(("_report.html", "_report.json")):
+            continue
         if p.is_file() and not any(rel.startswith(s) or rel == s for s in SKIP):
             out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -90,6 +91,47 @@ def build_command(args: argparse.Namespace, extra: Sequence[str]) -> tuple[list[
     return cmd, override
 
 
+def _check_writable(out: Path) -> None:
+    """Refuse an output folder that cannot be written, before anything runs."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".tmstarget-write-test-"):
+            pass
+    except OSError as exc:
+        raise TmsTargetError(f"{out}: the output folder cannot be written ({exc.strerror}). "
+                             "What to do: choose a folder you can write to, or fix its "
+                             "permissions.") from None
+
+
+def _acquire_output_lock(out: Path) -> Any:
+    """Hold an exclusive lock on the output folder for the life of this process.
+
+    The operating system releases it when the process ends in any way (even SIGKILL), so if we
+    get it, no other ``tmstarget`` run is working here and a Snakemake lock left in
+    ``.snakemake/locks`` by a killed run is stale: it is removed so that the same command
+    resumes. Returns the open lock file, or ``None`` if another run holds it.
+    """
+    import fcntl
+    import shutil
+
+    path = out / "work" / ".tmstarget.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "w")  # noqa: SIM115 - kept open until the process exits
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    locks = out / ".snakemake" / "locks"
+    if locks.is_dir() and any(locks.iterdir()):
+        print("[tmstarget] an earlier run was interrupted; resuming where it stopped",
+              file=sys.stderr, flush=True)
+        shutil.rmtree(locks, ignore_errors=True)
+    return fh
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tmstarget`` command."""
     parser = build_parser()
@@ -103,7 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TmsTargetError as exc:
         print(f"tmstarget ERROR: {exc}", file=sys.stderr)
         return 2
-    src, out = check_paths(args.fmriprep_dir, args.output_dir)
+    try:
+        src, out = check_paths(args.fmriprep_dir, args.output_dir)
+        _check_writable(out)
+    except TmsTargetError as exc:
+        print(f"tmstarget ERROR: {exc}", file=sys.stderr)
+        return 2
     overrides = {"fmriprep_dir": str(src), "output_dir": str(out)}
     if args.participant_label:
         overrides["participant_label"] = [str(x) for x in args.participant_label]
@@ -112,6 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     override.parent.mkdir(parents=True, exist_ok=True)
     override.write_text("# written by the tmstarget command for this output folder\n"
                         + yaml.safe_dump(overrides, sort_keys=True))
+    lock = _acquire_output_lock(out)
+    if lock is None:
+        print(f"tmstarget ERROR: {out}: another tmstarget run is using this output folder. "
+              "What to do: wait for it to finish, or choose another output folder.",
+              file=sys.stderr)
+        return 2
     print(f"[tmstarget] {__version__}: {src} -> {out}", file=sys.stderr, flush=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(

@@ -8,8 +8,20 @@ voxel x time matrix in float64 and never loads the whole 4D image at once:
 * temporal cleaning is one linear operator ``L`` (kept volumes x volumes) shared by every voxel;
   it is obtained once by cleaning the identity matrix with the very call the reference uses;
 * the 4D file is streamed in chunks of volumes; each chunk is smoothed in space (smoothing acts
-  on each volume independently), masked, and accumulated as ``Y += L[:, chunk] @ X_chunk``;
-* ``Y`` (float32, kept x brain voxels) is then z-scored per voxel.
+  on each volume independently), masked, and accumulated as ``Y += L[:, chunk] @ X_chunk``
+  (in place, BLAS ``sgemm`` with ``beta=1``; all-zero columns of ``L`` -- censored volumes --
+  skipped);
+* ``Y`` (float32, kept x brain voxels) is then z-scored per voxel, in blocks of voxels.
+
+Reading and smoothing (:class:`_VolumeStream`): a background thread decompresses the file once,
+sequentially (ISA-L's ``igzip`` when the ``isal`` package is installed, else ``gzip``), into a
+reused buffer of the on-disk dtype, applies ``scl_slope``/``scl_inter`` to float32, crops to the
+brain mask's bounding box plus the kernel radius and does the first (x) smoothing pass; the
+main thread does the y and z passes (only where later passes need them) and the product, so
+decompression overlaps with computation. The Gaussian passes are nilearn's own
+(``scipy.ndimage.gaussian_filter1d``, same sigma, truncation, order and border mode), so the
+values inside the mask are those of smoothing the whole volume. Peak memory is ``Y`` plus a
+few chunk buffers (1,200 volumes of a 2 mm MNI run: ~2.2 GB; see ``benchmarks/``).
 
 ``tests/test_denoise.py`` proves the result equals ``nilearn.maskers.NiftiMasker`` with the same
 settings to float32 precision for every named strategy, with and without censoring.
@@ -17,13 +29,17 @@ settings to float32 precision for every named strategy, with and without censori
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import queue
+import threading
+import time
 import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import nibabel as nb
 import numpy as np
@@ -36,6 +52,9 @@ from .io import atomic_write
 CHUNK_VOLUMES = 50
 #: Above this fraction of brain-mask voxels with a constant signal the run is refused.
 MAX_CONSTANT_FRACTION = 0.10
+#: Seconds spent in each stage by the last :func:`denoise_run` call (for benchmarks only; not
+#: part of any output, so outputs stay byte-identical between runs).
+LAST_TIMINGS: dict[str, float] = {}
 
 
 @dataclass(frozen=True)
@@ -313,6 +332,216 @@ def cleaning_operator(n_volumes: int, confounds: np.ndarray | None,
     return np.ascontiguousarray(op, dtype=np.float64)
 
 
+_ZSCORE_BLOCK = 8192
+_N_BOXES = 3
+
+
+class _VolumeStream:
+    """Stream a 4D NIfTI in chunks of volumes: read, crop, smooth, mask.
+
+    A background thread decompresses the file *sequentially, once* (``isal.igzip`` or
+    ``gzip``, or plain reads, into a reused buffer of the on-disk dtype, then scaling with
+    ``scl_slope`` / ``scl_inter`` to float32) and does the first (x) smoothing pass, so reading
+    overlaps with the other passes and the matrix products in the caller. Each chunk is cropped to the brain mask's bounding box plus the smoothing
+    kernel's radius and smoothed with the same separable Gaussian (``gaussian_filter1d``,
+    axes x, y, z in that order, same sigma and truncation, ``reflect`` at the image border) as
+    ``nilearn.image.smooth_img``; results inside the box are identical to smoothing the whole
+    volume. Iterating yields ``(first, stop, x, n_bad)`` with ``x`` float32 (volumes, brain
+    voxels) in the order of ``np.argwhere(mask)``.
+    """
+
+    def __init__(self, img: nb.Nifti1Image, path: Path, mask: np.ndarray, fwhm: float | None,
+                 affine: np.ndarray, chunk: int) -> None:
+        self.img, self.path, self.chunk = img, path, max(1, int(chunk))
+        self.shape = tuple(int(v) for v in img.shape[:3])
+        self.n_vols = int(img.shape[3])
+        vox = np.argwhere(mask)
+        vsize = np.sqrt(np.sum(np.asarray(affine, float)[:3, :3] ** 2, axis=0))
+        if fwhm:
+            self.sigma = [float(v) for v in fwhm / (np.sqrt(8 * np.log(2)) * vsize)]
+        else:
+            self.sigma = [0.0, 0.0, 0.0]
+        rad = [int(4.0 * s + 0.5) if s > 0 else 0 for s in self.sigma]  # scipy's truncate=4
+        lo, hi = vox.min(axis=0), vox.max(axis=0)
+        self.box = [(max(0, int(lo[i]) - rad[i]), min(self.shape[i], int(hi[i]) + rad[i] + 1))
+                    for i in range(3)]
+        (x0, x1), (y0, y1), (z0, z1) = self.box
+        self.crop = (z1 - z0, y1 - y0, x1 - x0)  # C layout (z, y, x): x is contiguous on disk
+        # the mask's own bounding box inside the crop, per axis (x, y, z)
+        self.inner = [(int(lo[i]) - self.box[i][0], int(hi[i]) + 1 - self.box[i][0])
+                      for i in range(3)]
+        self.flat = (((vox[:, 2] - z0) * self.crop[1] + (vox[:, 1] - y0)) * self.crop[2]
+                     + (vox[:, 0] - x0)).astype(np.intp)
+        self.wait = self.smooth = self.read = self.smooth_x = 0.0
+        self._q: queue.Queue = queue.Queue(maxsize=_N_BOXES)
+        self._free: queue.Queue = queue.Queue()
+        for _ in range(_N_BOXES):  # float32 crop buffers cycled between reader and consumer
+            self._free.put(np.empty((self.chunk, *self.crop), dtype=np.float32))
+        self._x = np.empty((self.chunk, len(self.flat)), dtype=np.float32)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ reader thread
+    def _raw_source(self):
+        """A reader for the on-disk bytes, or None when the generic path must be used."""
+        from nibabel.arrayproxy import ArrayProxy
+
+        proxy = self.img.dataobj
+        if not isinstance(proxy, ArrayProxy) or getattr(proxy, "order", "F") != "F" \
+                or len(proxy.shape) != 4:
+            return None
+        name = str(self.path)
+        if name.endswith(".gz"):
+            try:  # ISA-L's inflate needs ~35 % less CPU than zlib's (measured, benchmarks/)
+                from isal import igzip as _gz
+            except ImportError:  # pragma: no cover - optional speed-up
+                _gz = gzip
+            fh = _gz.open(name, "rb")
+        else:
+            fh = open(name, "rb")  # noqa: SIM115
+        skip = int(proxy.offset)
+        while skip > 0:
+            got = fh.read(min(skip, 1 << 20))
+            if not got:
+                fh.close()
+                raise EOFError("file ends inside the header")
+            skip -= len(got)
+        return fh
+
+    def _producer(self) -> None:
+        from scipy.ndimage import gaussian_filter1d
+
+        fh = None
+        try:
+            fh = self._raw_source()
+            proxy = self.img.dataobj
+            nx, ny, nz = self.shape
+            (x0, x1), (y0, y1), (z0, z1) = self.box
+            slope = float(getattr(proxy, "slope", 1.0))
+            inter = float(getattr(proxy, "inter", 0.0))
+            raw = None
+            if fh is not None:  # one reused buffer of the on-disk dtype (fresh pages are slow)
+                raw = np.empty((self.chunk, nz, ny, nx), dtype=proxy.dtype)
+            for a in range(0, self.n_vols, self.chunk):
+                b = min(self.n_vols, a + self.chunk)
+                box = self._free_box()
+                if box is None:
+                    return
+                box = box[: b - a]
+                t = time.perf_counter()
+                try:
+                    if raw is not None:
+                        part = raw[: b - a]
+                        view = memoryview(part.reshape(-1).view(np.uint8))
+                        got = 0
+                        while got < view.nbytes:
+                            n = fh.readinto(view[got:])
+                            if not n:
+                                raise EOFError(f"file ends after {got} of {view.nbytes} bytes")
+                            got += n
+                        src = part[:, z0:z1, y0:y1, x0:x1]
+                        if slope != 1.0 or inter != 0.0:
+                            np.multiply(src, np.float32(slope), out=box, casting="unsafe")
+                            box += np.float32(inter)
+                        else:
+                            np.copyto(box, src, casting="unsafe")
+                    else:
+                        part = np.asarray(self.img.dataobj[x0:x1, y0:y1, z0:z1, a:b],
+                                          dtype=np.float32)
+                        np.copyto(box, part.transpose(3, 2, 1, 0))
+                except Exception as exc:  # noqa: BLE001 - reported by the consumer
+                    self._put(("error", a, b, exc))
+                    return
+                self.read += time.perf_counter() - t
+                t = time.perf_counter()
+                # non-finite values, then the x pass of the smoothing here: this thread has
+                # spare time while the consumer smooths along y and z and multiplies
+                flat2d = box.reshape(b - a, -1)
+                n_bad = 0
+                if not np.isfinite(flat2d.sum(dtype=np.float64)):  # cheap test, exact fallback
+                    finite = np.isfinite(flat2d)
+                    n_bad = int((~finite[:, self.flat]).any(axis=0).sum())
+                    flat2d[~finite] = 0.0  # as nilearn's ensure_finite before smoothing
+                    del finite
+                if self.sigma[0] > 0:
+                    for v0 in range(0, b - a, 8):
+                        sub = box[v0:v0 + 8]
+                        gaussian_filter1d(sub, self.sigma[0], axis=3, output=sub)
+                self.smooth_x += time.perf_counter() - t
+                if not self._put(("ok", a, b, (box, n_bad))):
+                    return
+            self._put(("end", 0, 0, None))
+        except Exception as exc:  # noqa: BLE001
+            self._put(("error", 0, self.n_vols, exc))
+        finally:
+            if fh is not None:
+                fh.close()
+
+    def _free_box(self) -> np.ndarray | None:
+        while not self._stop.is_set():
+            try:
+                return self._free.get(timeout=0.2)
+            except queue.Empty:
+                continue
+        return None
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    # ------------------------------------------------------------------ consumer
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._producer, name="tmstarget-reader",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def __iter__(self):
+        from scipy.ndimage import gaussian_filter1d
+
+        while True:
+            t = time.perf_counter()
+            kind, a, b, box = self._q.get()
+            self.wait += time.perf_counter() - t
+            if kind == "end":
+                return
+            if kind == "error":
+                raise InputError(self.path, f"volumes {a}-{b - 1} cannot be read ({box}).",
+                                 "The file is corrupt or truncated: copy it again or rerun "
+                                 "fMRIPrep.") from box
+            t = time.perf_counter()
+            box, n_bad = box
+            c = box.shape[0]
+            flat2d = box.reshape(c, -1)
+            # y then z passes (the reader did x: nilearn's order), each only where a later
+            # pass or the mask needs it (y: x inside the mask's box; z: x and y inside it);
+            # a few volumes at a time
+            (ix0, ix1), (iy0, iy1) = self.inner[0], self.inner[1]
+            for v0 in range(0, c, 8):
+                if self.sigma[1] > 0:
+                    sub = box[v0:v0 + 8, :, :, ix0:ix1]
+                    gaussian_filter1d(sub, self.sigma[1], axis=2, output=sub)
+                if self.sigma[2] > 0:
+                    sub = box[v0:v0 + 8, :, iy0:iy1, ix0:ix1]
+                    gaussian_filter1d(sub, self.sigma[2], axis=1, output=sub)
+            x = self._x[:c]
+            np.take(flat2d, self.flat, axis=1, out=x)
+            self._free.put(box.base if box.base is not None else box)
+            del box, flat2d
+            self.smooth += time.perf_counter() - t
+            yield a, b, x, n_bad
+
+
 def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
                 bold_json: str | Path | None, strategy: Strategy, fd_threshold: float = 0.5,
                 std_dvars_threshold: float | None = None, min_segment: int = 5,
@@ -376,47 +605,63 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
     if len(kept) < 3:
         raise InputError(bold, f"only {len(kept)} of {n_vols} volumes survive scrubbing.",
                          "This run has too much motion to be used.")
+    t_op = time.perf_counter()
     op = cleaning_operator(n_vols, conf.to_numpy(dtype=float), sample_mask, tr, strategy)
     op32 = op.astype(np.float32)
+    t_op = time.perf_counter() - t_op
 
     voxels = np.argwhere(bmask).astype(np.int32)  # C order, as np.nonzero
-    idx = tuple(voxels.T)
     out = np.zeros((op.shape[0], len(voxels)), dtype=np.float32)
-    fwhm = strategy.smoothing_fwhm
+    used = np.any(op32 != 0, axis=0)  # volumes that enter the cleaned series at all
+    from scipy.linalg.blas import sgemm
+
     n_bad = 0
     offset: np.ndarray | None = None
-    for a in range(0, n_vols, chunk_volumes):
-        b = min(n_vols, a + chunk_volumes)
-        try:
-            chunk = np.asarray(img.dataobj[..., a:b], dtype=np.float32)
-        except Exception as exc:
-            raise InputError(bold, f"volumes {a}-{b - 1} cannot be read ({exc}).",
-                             "The file is corrupt or truncated: copy it again or rerun "
-                             "fMRIPrep.") from exc
-        if not chunk.flags.writeable:
-            chunk = chunk.copy()
-        finite = np.isfinite(chunk)
-        if not finite.all():
-            n_bad += int((~finite[idx]).any(axis=-1).sum())
-            chunk[~finite] = 0.0
-        if fwhm:
-            from nilearn.image import smooth_img
-
-            chunk = np.asarray(smooth_img(nb.Nifti1Image(chunk, aff), fwhm).dataobj,
-                               dtype=np.float32)
-        x = chunk[idx].T  # (c, voxels)
-        if offset is None:
-            # L annihilates constants (detrending removes the mean), so subtracting a per-voxel
-            # offset changes nothing but keeps float32 products far from cancellation.
-            offset = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-        x -= offset
-        out += op32[:, a:b] @ x  # (kept, c) @ (c, voxels)
+    timings = {"read_wait": 0.0, "smooth": 0.0, "matmul": 0.0}
+    t0 = time.perf_counter()
+    with _VolumeStream(img, bold, bmask, strategy.smoothing_fwhm, aff, chunk_volumes) as stream:
+        for a, b, x, bad in stream:  # x: (volumes, brain voxels) float32, smoothed
+            n_bad += bad
+            t1 = time.perf_counter()
+            if offset is None:
+                # L annihilates constants (detrending removes the mean), so subtracting a
+                # per-voxel offset changes nothing but keeps float32 products far from
+                # cancellation.
+                offset = x.mean(axis=0, dtype=np.float64).astype(np.float32)
+            x -= offset
+            # out += L[:, a:b] @ x, in place (BLAS gemm with beta=1 on the transposed,
+            # Fortran-ordered view): no (kept x voxels) temporary per chunk. Censored and
+            # non-steady-state volumes have all-zero columns in L: skip them.
+            cols = used[a:b]
+            if cols.all():
+                lx, xx = op32[:, a:b], x
+            elif cols.any():
+                lx, xx = op32[:, a:b][:, cols], x[cols]
+            else:
+                lx = None
+            if lx is not None:
+                sgemm(1.0, xx.T, np.ascontiguousarray(lx).T, beta=1.0, c=out.T,
+                      overwrite_c=True)
+            timings["matmul"] += time.perf_counter() - t1
+        timings["read_wait"] = stream.wait
+        timings["smooth"] = stream.smooth
+        timings["read_thread"] = stream.read
+        timings["smooth_x_in_reader"] = stream.smooth_x
+    timings["stream_total"] = time.perf_counter() - t0
+    timings["operator"] = t_op
+    LAST_TIMINGS.clear()
+    LAST_TIMINGS.update({k: round(v, 3) for k, v in timings.items()})
     if n_bad:
         raise InputError(bold, f"{n_bad} voxel(s) inside the brain mask contain NaN or infinite "
                          "values.", "The BOLD file is damaged: rerun fMRIPrep or repair it.")
-    # z-score (nilearn's "zscore_sample": ddof=1); drop voxels with no signal variance
-    out -= out.mean(axis=0, dtype=np.float64).astype(np.float32)
-    sd = out.std(axis=0, ddof=1, dtype=np.float64)
+    # z-score (nilearn's "zscore_sample": ddof=1); drop voxels with no signal variance.
+    # Done in blocks of voxels so that no float64 copy of the whole matrix is made.
+    sd = np.empty(out.shape[1], dtype=np.float64)
+    for c0 in range(0, out.shape[1], _ZSCORE_BLOCK):
+        blk = out[:, c0:c0 + _ZSCORE_BLOCK].astype(np.float64)
+        blk -= blk.mean(axis=0)
+        sd[c0:c0 + _ZSCORE_BLOCK] = blk.std(axis=0, ddof=1)
+        out[:, c0:c0 + _ZSCORE_BLOCK] = blk
     ref = float(np.median(sd[sd > 0])) if np.any(sd > 0) else 0.0
     good = sd > 1e-5 * ref if ref > 0 else np.zeros(len(sd), bool)
     n_const = int((~good).sum())
@@ -429,7 +674,8 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
         out = out[:, good]
         voxels = voxels[good]
         sd = sd[good]
-    out /= sd.astype(np.float32)
+    for c0 in range(0, out.shape[1], _ZSCORE_BLOCK):
+        out[:, c0:c0 + _ZSCORE_BLOCK] /= sd[c0:c0 + _ZSCORE_BLOCK].astype(np.float32)
 
     fd = (raw["framewise_displacement"].fillna(0).to_numpy(dtype=float)
           if "framewise_displacement" in raw else np.zeros(n_vols))

@@ -15,6 +15,15 @@ from pathlib import Path
 
 from .errors import ConfigError, InputError
 
+#: What pybids need not index: only ``func`` files are queried here (pybids' defaults plus
+#: fMRIPrep's anat/figures/log folders, reports and surfaces; :func:`discover` also leaves out
+#: images in other spaces and boldrefs); indexing a 100-participant tree drops from ~20 s to
+#: a few seconds (benchmarks/bench_dryrun_cohort.py).
+_INDEX_IGNORE = ["code", "stimuli", "sourcedata", "models", re.compile(r"/\."),
+                 re.compile(r"/sub-[^/]+/(ses-[^/]+/)?(anat|fmap|dwi|perf|figures|log)(/|$)"),
+                 re.compile(r"/(figures|logs?|freesurfer|sourcedata)(/|$)"),
+                 re.compile(r"\.(html|svg|gii|h5|txt|x5|mgz|lta)$")]
+
 #: Entities that identify one run (besides the space/res of the image files).
 _RUN_KEYS = ("subject", "session", "task", "acquisition", "run")
 
@@ -133,13 +142,22 @@ def discover(
     try:
         layout = BIDSLayout(
             root, validate=False, config=["bids", "derivatives"],
-            indexer=BIDSLayoutIndexer(validate=False, index_metadata=False),
+            indexer=BIDSLayoutIndexer(validate=False, index_metadata=False,
+                                      ignore=[*_INDEX_IGNORE, re.compile(
+                                          rf"_(space-(?!{re.escape(space)}_)[^_/]+_[^/]*"
+                                          r"|boldref\.[^/]*)$")]),
         )
     except Exception as exc:  # pybids raises many types on malformed datasets
         raise InputError(root / "dataset_description.json", f"cannot index the dataset ({exc}).",
                          "Check that dataset_description.json is valid JSON.") from exc
 
-    all_subjects = sorted(layout.get_subjects())
+    # participant folders with a valid label, and any participant with func files: cheap,
+    # unlike layout.get_subjects(), which loads every file's entities (~40 s for 100)
+    all_subjects = sorted(({d.name[4:] for d in root.glob("sub-*") if d.is_dir()
+                            and re.fullmatch(r"[A-Za-z0-9]+", d.name[4:])}
+                           | {_label(f, "sub") for f in layout.get(return_type="file",
+                                                                    datatype="func")})
+                          - {None})
     if not all_subjects:
         raise InputError(root, "no sub-* participant folders found (empty dataset).",
                          "Point tmstarget at fMRIPrep's output folder.")
@@ -220,6 +238,99 @@ def discover(
     have = {r.participant for r in runs}
     for s in subjects:
         if s not in have and not any(x.participant == s for x in skipped):
+            other = sorted({m.group(1) for f in (root / f"sub-{s}").rglob("*_bold.nii*")
+                            if (m := re.search(r"_space-([A-Za-z0-9]+)_", f.name))} - {space})
+            found = (f"; found BOLD only in space {', '.join(other)}: rerun fMRIPrep with "
+                     f"--output-spaces {space}" if other else "")
             skipped.append(Skipped(s, None, None, f"no preprocessed BOLD for task '{task}' in "
-                                   f"space {space} (…_space-{space}_desc-preproc_bold.nii.gz)"))
+                                   f"space {space} (…_space-{space}_desc-preproc_bold.nii.gz)"
+                                   + found))
     return runs, skipped
+
+
+@dataclass(frozen=True)
+class AnatInputs:
+    """The anatomical inputs of the native-space (T1w) step for one participant/session.
+
+    Attributes
+    ----------
+    t1w : str
+        fMRIPrep ``…_desc-preproc_T1w.nii.gz`` (the image the navigator must load).
+    mask : str
+        ``…_desc-brain_mask.nii.gz`` on the T1w grid.
+    xfm_mni_to_t1w_points : str
+        ``…_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5``: resamples T1w images into MNI,
+        hence maps MNI *points* to T1w points (used to move the targets).
+    xfm_t1w_to_mni_points : str
+        ``…_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5`` (used for a round-trip check).
+    """
+
+    t1w: str
+    mask: str
+    xfm_mni_to_t1w_points: str
+    xfm_t1w_to_mni_points: str
+
+    def to_dict(self) -> dict[str, str]:
+        """Plain-dict view."""
+        return asdict(self)
+
+
+def discover_anat(fmriprep_dir: str | Path, participant: str, session: str | None,
+                  space: str = "MNI152NLin2009cAsym") -> tuple[AnatInputs | None, str | None]:
+    """Find the T1w, brain mask and the two MNI transforms of a participant (and session).
+
+    fMRIPrep writes them to ``sub-X/anat/`` (one anatomical reference per participant) or, for a
+    single-session participant with sessions, possibly to ``sub-X/ses-Y/anat/``; the session
+    folder is tried first. Files with a ``space-`` entity (T1w resampled to a template) are
+    ignored.
+
+    Parameters
+    ----------
+    fmriprep_dir : str or Path
+        fMRIPrep derivatives root.
+    participant, session : str
+        Labels without ``sub-``/``ses-`` (``session`` may be None).
+    space : str
+        Template space of the targets.
+
+    Returns
+    -------
+    anat : AnatInputs or None
+        The four files, or None when something is missing or ambiguous.
+    reason : str or None
+        Why ``anat`` is None (for skipped.tsv).
+    """
+    root = Path(fmriprep_dir)
+    folders = ([root / f"sub-{participant}" / f"ses-{session}" / "anat"] if session else [])
+    folders.append(root / f"sub-{participant}" / "anat")
+    wanted = {
+        "t1w": "_desc-preproc_T1w.nii",
+        "mask": "_desc-brain_mask.nii",
+        "xfm_mni_to_t1w_points": f"_from-T1w_to-{space}_mode-image_xfm.h5",
+        "xfm_t1w_to_mni_points": f"_from-{space}_to-T1w_mode-image_xfm.h5",
+    }
+    problems: list[str] = []
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        found: dict[str, str] = {}
+        problems = []
+        names = sorted(p.name for p in folder.iterdir() if p.is_file())
+        for key, pattern in wanted.items():
+            cands = [n for n in names if n.startswith(f"sub-{participant}_") and pattern in n
+                     and n.endswith((".nii", ".nii.gz", ".h5")) and "_space-" not in n]
+            if not cands:
+                problems.append(f"no …{pattern}{'.gz' if pattern.endswith('.nii') else ''}")
+            elif len(cands) > 1:
+                problems.append(f"several candidates for …{pattern} ({', '.join(cands)})")
+            else:
+                found[key] = str((folder / cands[0]).resolve())
+        if not problems:
+            return AnatInputs(**found), None
+        if found:  # this folder holds the anatomy but incompletely: report it, no fallback
+            break
+    where = ", ".join(str(f.relative_to(root)) for f in folders)
+    detail = "; ".join(problems) if problems else "no anat/ folder"
+    return None, (f"native/T1w export skipped (MNI targets still computed): {detail} in {where}. "
+                  "Provide fMRIPrep's anat/ outputs (desc-preproc_T1w, desc-brain_mask and both "
+                  f"{space} transforms) to get navigator files.")

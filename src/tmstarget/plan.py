@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import MNI_SPACE
-from .discover import RunInputs, Skipped, discover
+from .discover import AnatInputs, RunInputs, Skipped, discover, discover_anat
 from .errors import ConfigError
 from .io import bids_name
 
@@ -44,6 +44,10 @@ class Plan:
     units: dict[str, Unit] = field(default_factory=dict)  # prefix -> unit
     unit_runs: dict[str, list[str]] = field(default_factory=dict)  # prefix -> runprefixes
     skipped: list[Skipped] = field(default_factory=list)
+    # native (T1w) step: anat prefix -> unit prefix, anat prefix -> inputs, units without anat
+    anat_units: dict[str, str] = field(default_factory=dict)
+    anat: dict[str, AnatInputs] = field(default_factory=dict)
+    native_skipped: list[Skipped] = field(default_factory=list)
 
 
 def _check_label(label: str | None, what: str, path: str) -> None:
@@ -58,6 +62,12 @@ def unit_prefix(participant: str, session: str | None, task: str) -> str:
     folder = f"sub-{participant}" + (f"/ses-{session}" if session else "")
     name = bids_name({"sub": participant, "ses": session, "task": task}, "x", "")[:-2]
     return f"{folder}/func/{name}"
+
+
+def anat_prefix(unit_prefix_: str) -> str:
+    """Native-space output prefix: the unit prefix with its ``func/`` folder replaced by ``anat/``."""
+    folder, name = unit_prefix_.rsplit("/", 1)
+    return f"{folder.rsplit('/', 1)[0]}/anat/{name}"
 
 
 def run_prefix(run: RunInputs) -> str:
@@ -112,4 +122,13 @@ def build_plan(config: Mapping[str, Any]) -> Plan:
         plan.runs[rp] = r
         plan.units.setdefault(up, Unit(r.participant, r.session, r.task, up))
         plan.unit_runs.setdefault(up, []).append(rp)
+    if (config.get("native") or {}).get("enabled", True):
+        for up, u in sorted(plan.units.items()):
+            anat, reason = discover_anat(src, u.participant, u.session, MNI_SPACE)
+            if anat is None:
+                plan.native_skipped.append(Skipped(u.participant, u.session, None, str(reason)))
+                continue
+            ap = anat_prefix(up)
+            plan.anat_units[ap] = up
+            plan.anat[ap] = anat
     return plan

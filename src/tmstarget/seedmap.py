@@ -78,9 +78,12 @@ def combine_runs(runs: Sequence[Any], sources: Sequence[str] | None = None) -> C
         if pos is None:
             lookup = {v: i for i, v in enumerate(flat)}
             pos = np.array([lookup[v] for v in order])
-        blocks.append(np.asarray(r.data, dtype=np.float32)[:, pos])
+        data = np.asarray(r.data, dtype=np.float32)
+        same = len(pos) == data.shape[1] and np.array_equal(pos, np.arange(len(pos)))
+        blocks.append(data if same else data[:, pos])  # no copy when nothing is dropped
     voxels = np.stack(np.unravel_index(order, ref.shape), axis=1).astype(np.int32)
-    return CombinedData(np.concatenate(blocks, axis=0), voxels, np.asarray(ref.affine, float),
+    data = blocks[0] if len(blocks) == 1 else np.concatenate(blocks, axis=0)
+    return CombinedData(data, voxels, np.asarray(ref.affine, float),
                         tuple(int(s) for s in ref.shape), [int(b.shape[0]) for b in blocks])
 
 
@@ -174,18 +177,23 @@ def correlation_map(data: np.ndarray, ts: np.ndarray) -> np.ndarray:
     -------
     numpy.ndarray, float64, (n_voxels,)
     """
-    x = data.astype(np.float64, copy=False)
-    t = ts - ts.mean()
+    t = np.asarray(ts, dtype=np.float64)
+    t = t - t.mean()
     tn = np.sqrt(t @ t)
     if tn == 0:
         raise InputError(None, "the seed time series is constant (zero variance).",
                          "Check the seed lies in brain tissue with signal.")
-    xm = x.mean(axis=0)
-    num = t @ x  # t is centred, so subtracting xm is unnecessary
-    xn = np.sqrt(np.maximum((x * x).sum(axis=0) - x.shape[0] * xm**2, 0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = num / (tn * xn)
-    return np.where(xn > 0, r, 0.0)
+    out = np.empty(data.shape[1], dtype=np.float64)
+    step = 8192  # float64 work in blocks of voxels: memory stays that of ``data``
+    for c0 in range(0, data.shape[1], step):
+        x = np.asarray(data[:, c0:c0 + step], dtype=np.float64)
+        xm = x.mean(axis=0)
+        num = t @ x  # t is centred, so subtracting xm is unnecessary
+        xn = np.sqrt(np.maximum(np.einsum("ij,ij->j", x, x) - x.shape[0] * xm**2, 0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = num / (tn * xn)
+        out[c0:c0 + step] = np.where(xn > 0, r, 0.0)
+    return out
 
 
 def to_volume(values: np.ndarray, combined: CombinedData, fill: float = 0.0) -> np.ndarray:

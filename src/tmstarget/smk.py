@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import sys
 import traceback
@@ -47,6 +48,15 @@ def run_step(smk: Any, func: Callable[..., Any], **kwargs: Any) -> Any:
         if stream is not sys.stderr:
             print(msg, file=sys.stderr, flush=True)
         sys.exit(1)
+    except OSError as exc:
+        hint = _os_error_hint(exc)
+        if hint is None:
+            raise_unexpected(stream, log_path)
+        msg = f"tmstarget ERROR: {hint}"
+        print(msg, file=stream, flush=True)
+        if stream is not sys.stderr:
+            print(msg, file=sys.stderr, flush=True)
+        sys.exit(1)
     except Exception:
         tb = traceback.format_exc()
         print(tb, file=stream, flush=True)
@@ -58,3 +68,25 @@ def run_step(smk: Any, func: Callable[..., Any], **kwargs: Any) -> Any:
         if stream is not sys.stderr:
             stream.close()
     return result
+
+
+def _os_error_hint(exc: OSError) -> str | None:
+    """A clear message for the file-system errors users meet (disk full, read-only)."""
+    where = exc.filename or "the output folder"
+    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return (f"{where}: the disk (or your quota) is full; nothing partial was kept. What to "
+                "do: free space or choose another output folder, then run the same command "
+                "again (finished steps are kept).")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{where}: permission denied or read-only file system. What to do: choose an "
+                "output folder you can write to.")
+    return None
+
+
+def raise_unexpected(stream: Any, log_path: Path | None) -> None:
+    """Report an unexpected error with its traceback and fail the job."""
+    tb = traceback.format_exc()
+    print(tb, file=stream, flush=True)
+    if stream is not sys.stderr:
+        print(f"tmstarget: unexpected error, see {log_path}\n{tb}", file=sys.stderr, flush=True)
+    sys.exit(1)

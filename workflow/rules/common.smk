@@ -13,10 +13,16 @@ from tmstarget.plan import build_plan  # noqa: E402
 
 validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
 
+def _fail(message):
+    """Stop with one clean line (no traceback): the user needs the problem, not our code."""
+    print(f"tmstarget ERROR: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 try:
     PLAN = build_plan(config)
 except TmsTargetError as _exc:
-    raise WorkflowError(f"tmstarget: {_exc}") from None
+    _fail(_exc)
 
 OUT = str(PLAN.output_dir)
 
@@ -26,9 +32,9 @@ for _s in PLAN.skipped:
     )
     print(f"[tmstarget] skipped {_where}: {_s.reason}", file=sys.stderr)
 if not PLAN.units:
-    raise WorkflowError(
-        f"tmstarget: no usable run found in {PLAN.fmriprep_dir} (task "
-        f"'{config['task']}', space {config['space']}). See the 'skipped' lines above."
+    _fail(
+        f"no usable run found in {PLAN.fmriprep_dir} (task '{config['task']}', space "
+        f"{config['space']}). See the 'skipped' lines above."
     )
 
 
@@ -101,7 +107,7 @@ def get_skipped():
             "run": s.run,
             "reason": s.reason,
         }
-        for s in PLAN.skipped
+        for s in [*PLAN.skipped, *PLAN.native_skipped]
     ]
 
 
@@ -109,7 +115,14 @@ def get_final_outputs():
     return [
         f"{OUT}/targets.tsv",
         f"{OUT}/dataset_description.json",
-    ]
+    ] + get_native_jsons() + get_report_outputs()  # get_report_outputs: workflow/rules/report.smk
+
+
+def get_native_jsons():
+    """Native-space (T1w) target JSONs of every unit with anatomy (native.enabled)."""
+    if not config["native"]["enabled"]:
+        return []
+    return [f"{OUT}/{ap}_space-T1w_desc-target_coords.json" for ap in sorted(PLAN.anat_units)]
 
 
 def _bold_size(bold):
@@ -126,8 +139,11 @@ def _bold_size(bold):
 def mem_for_bold(wildcards, attempt):
     """Memory (MB) to denoise one run, from its voxel x volume count; grows with retries."""
     vox, vols = _bold_size(PLAN.runs[wildcards.runprefix].bold)
-    # smoothing and cleaning hold about four float64 copies of the 4D data
-    return int(min(max(1000, 500 + vox * vols * 8 * 4 / 1e6), 128000) * attempt)
+    # tmstarget.denoise streams the file: it holds the cleaned float32 brain x volume matrix
+    # (brain <= ~30 % of an MNI grid) plus a few 50-volume chunk buffers (~12 B per grid voxel
+    # and chunk volume) and ~0.8 GB of libraries. Measured (benchmarks/bench_long_scan.py):
+    # 2 mm MNI, 1,200 volumes -> 2.2 GB peak (this gives 3.0 GB); 300 volumes -> 1.4 GB (1.8).
+    return int(min(max(1000, 800 + vox * (vols * 0.3 * 4 + 50 * 12) / 1e6), 128000) * attempt)
 
 
 def mem_for_unit(wildcards, attempt):
@@ -136,8 +152,9 @@ def mem_for_unit(wildcards, attempt):
     for rp in PLAN.unit_runs[wildcards.prefix]:
         vox, vols = _bold_size(PLAN.runs[rp].bold)
         total += vox * vols
-    # masked float32 data (~half the grid is brain) plus float64 working copies
-    return int(min(max(1000, 500 + total * 0.5 * (4 + 8 * 2) / 1e6), 128000) * attempt)
+    # the runs' denoised float32 data (brain <= ~30 % of the grid) and, with several runs,
+    # their concatenation; the seed map and the search-region copies work in small blocks
+    return int(min(max(1000, 600 + total * 0.3 * 4 * 2 / 1e6), 128000) * attempt)
 
 
 def runtime_for_bold(wildcards, attempt):

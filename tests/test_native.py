@@ -1,0 +1,357 @@
+"""Native (T1w) space step: MNI -> T1w mapping, scalp geometry, coil pose, exports, refusals.
+
+Synthetic fixtures are small ellipsoid heads (2 mm voxels) with a brain ellipsoid inside, stored
+RAS, LAS, LPS and oblique; every export is read back with the independent readers in
+``tmstarget.navreaders`` (and ``slicerio`` for Slicer).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pandas as pd
+import pytest
+
+from tmstarget import itk
+from tmstarget import navreaders as rd
+from tmstarget.discover import discover_anat
+from tmstarget.errors import InputError
+from tmstarget.native import (
+    HOTSPOT_MNI_MM,
+    build_head_model,
+    load_point_transform,
+    native_step,
+    scalp_geometry,
+)
+from tmstarget.navigation import ALL_FORMATS
+from tmstarget.simulate import rigid_matrix
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "data_sample"
+
+LEFT_DLPFC_MNI = np.array([-40.0, 30.0, 35.0])
+SHAPE = (97, 113, 97)
+RAS_BASE = np.array([[2.0, 0, 0, -96.0], [0, 2.0, 0, -120.0], [0, 0, 2.0, -72.0], [0, 0, 0, 1]])
+HEAD_C = np.array([0.0, -10.0, 20.0])
+HEAD_AX = np.array([75.0, 95.0, 80.0])
+BRAIN_AX = np.array([60.0, 80.0, 65.0])
+
+
+def _rot(axis: int, deg: float) -> np.ndarray:
+    a = math.radians(deg)
+    c, s = math.cos(a), math.sin(a)
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(4)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def affine_for(orient: str) -> np.ndarray:
+    n = np.array(SHAPE) - 1
+    if orient == "RAS":
+        return RAS_BASE.copy()
+    if orient == "LAS":
+        f = np.diag([-1.0, 1, 1, 1])
+        f[0, 3] = n[0]
+        return RAS_BASE @ f
+    if orient == "LPS":
+        f = np.diag([-1.0, -1, 1, 1])
+        f[0, 3], f[1, 3] = n[0], n[1]
+        return RAS_BASE @ f
+    if orient == "oblique":
+        c = RAS_BASE[:3, :3] @ (n / 2) + RAS_BASE[:3, 3]
+        t, ti = np.eye(4), np.eye(4)
+        t[:3, 3], ti[:3, 3] = c, -c
+        return t @ _rot(0, 12) @ _rot(2, -8) @ ti @ RAS_BASE
+    raise ValueError(orient)
+
+
+def make_subject(folder: Path, orient: str = "RAS", world: np.ndarray | None = None,
+                 sform: np.ndarray | None = None) -> dict[str, Path]:
+    """Ellipsoid head + brain. ``world`` (4x4) moves the head: T1w world = world @ MNI world."""
+    folder.mkdir(parents=True, exist_ok=True)
+    w = np.eye(4) if world is None else world
+    aff = w @ affine_for(orient)
+    ijk = np.indices(SHAPE).reshape(3, -1).T.astype(float)
+    mni = ijk @ affine_for(orient)[:3, :3].T + affine_for(orient)[:3, 3]  # content in MNI frame
+    r_head = np.sum(((mni - HEAD_C) / HEAD_AX) ** 2, axis=1)
+    r_brain = np.sum(((mni - HEAD_C) / BRAIN_AX) ** 2, axis=1)
+    data = np.where(r_brain <= 1, 150, np.where(r_head <= 1, 100, 0)).reshape(SHAPE)
+    paths = {"t1w": folder / "sub-01_desc-preproc_T1w.nii.gz",
+             "mask": folder / "sub-01_desc-brain_mask.nii.gz"}
+    for key, arr in (("t1w", data.astype(np.int16)), ("mask", (r_brain <= 1).reshape(SHAPE))):
+        img = nb.Nifti1Image(arr.astype(np.uint8 if key == "mask" else np.int16), aff)
+        img.set_qform(aff, code=1)
+        img.set_sform(aff if (sform is None or key == "mask") else sform, code=1)
+        nb.save(img, str(paths[key]))
+    # ITK pull maps: from-T1w_to-MNI maps MNI points -> T1w points (= w).
+    paths["fwd"] = itk.write_itk_txt_affine(
+        folder / "sub-01_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.txt", w)
+    paths["inv"] = itk.write_itk_txt_affine(
+        folder / "sub-01_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.txt", np.linalg.inv(w))
+    return paths
+
+
+def target_json(folder: Path, xyz=LEFT_DLPFC_MNI) -> Path:
+    p = folder / "sub-01_task-rest_space-MNI152NLin2009cAsym_desc-target_coords.json"
+    p.write_text(json.dumps({
+        "participant_id": "sub-01", "session_id": None, "space": "MNI152NLin2009cAsym",
+        "targets": {"cluster": {"x": float(xyz[0]), "y": float(xyz[1]), "z": float(xyz[2])},
+                    "classic": {"x": float(xyz[0]) + 2, "y": float(xyz[1]), "z": float(xyz[2])}}}))
+    return p
+
+
+def run(tmp: Path, paths: dict[str, Path], tj: Path, **cfg) -> tuple[dict, Path]:
+    out = tmp / "out" / "sub-01" / "anat" / "sub-01_task-rest_space-T1w_desc-target_coords.json"
+    rec = native_step(tj, paths["t1w"], paths["mask"], paths["fwd"], paths["inv"],
+                      {"native": cfg}, out, output_root=tmp / "out")
+    return rec, out
+
+
+def read_all_positions(rec: dict, root: Path) -> dict[str, np.ndarray]:
+    """Target positions (RAS mm) of every export, read with independent parsers."""
+    import slicerio
+
+    f = {e["key"]: root / e["file"] for e in rec["exports"]}
+    found = {
+        "brainsight": rd.read_brainsight(f["brainsight"]).targets[0].matrix[:3, 3],
+        "brainsight_v12": rd.read_brainsight(f["brainsight_v12"]).targets[0].matrix[:3, 3],
+        "localite_im": rd.read_localite_instrument_markers(
+            f["localite_instrument_markers"]).markers[0].matrix[:3, 3],
+        "localite_target": rd.read_localite_entry_target(f["localite_entry_target"])[0][0].target,
+        "ant": rd.read_ant_mrk(f["ant_mrk"]).markers[0].matrix[:3, 3],
+        "slicer": rd.read_slicer_markups_json(f["slicer_mrk_json"])[0].position,
+        "slicerio_fcsv": np.array(slicerio.read_markups_fcsv(str(f["fcsv"]))["markups"][0]
+                                  ["controlPoints"][0]["position"]),
+        "fcsv": rd.read_fcsv(f["fcsv"]).points[0].position,
+        "json": np.array(json.loads(f["json"].read_text())["target_mm"]),
+    }
+    with open(f["csv"], newline="", encoding="utf-8") as fh:
+        row = next(csv.DictReader(fh))
+    found["csv"] = np.array([float(row[f"target_{a}"]) for a in "xyz"])
+    sph = nb.load(str(f["nifti_sphere"]))
+    ijk = np.argwhere(np.asarray(sph.dataobj) > 0).astype(float)
+    found["sphere_centroid"] = (ijk @ sph.affine[:3, :3].T + sph.affine[:3, 3]).mean(axis=0)
+    return found
+
+
+# ------------------------------------------------------------------------------------------
+# laterality canaries
+# ------------------------------------------------------------------------------------------
+
+
+def test_laterality_canaries_every_orientation_every_format(tmp_path: Path) -> None:
+    coil_centres, targets = {}, {}
+    for orient in ("RAS", "LAS", "LPS", "oblique"):
+        d = tmp_path / orient
+        paths = make_subject(d / "anat", orient)
+        if orient in ("LAS", "LPS"):
+            assert "".join(nb.aff2axcodes(nb.load(str(paths["t1w"])).affine)) == orient
+        rec, _ = run(d, paths, target_json(d))
+        # Brainsight/Localite/ANT carry the coil pose: their position is the coil centre.
+        centre = np.array(rec["coil"]["center_mm"])
+        t1 = np.array(rec["targets"]["cluster"]["t1w_mm"])
+        assert np.linalg.norm(t1 - LEFT_DLPFC_MNI) < 1e-3  # identity transform
+        found = read_all_positions(rec, d / "out")
+        for key, pos in found.items():
+            want = centre if key in ("brainsight", "brainsight_v12", "localite_im", "ant") else t1
+            tol = 0.5 if key != "sphere_centroid" else 0.6
+            assert np.linalg.norm(pos - want) < tol, (orient, key, pos, want)
+            assert pos[0] < 0, (orient, key, pos)  # left stays left, in every format
+        assert centre[0] < t1[0] < 0  # the coil sits lateral to a left target
+        assert np.array(rec["coil"]["normal_out"])[0] < 0  # outward normal points left
+        coil_centres[orient], targets[orient] = centre, t1
+        assert {e["key"] for e in rec["exports"]} == set(ALL_FORMATS)
+        assert all((d / "out" / e["file"]).is_file() and e["space"] == "T1w"
+                   for e in rec["exports"])
+    for orient in ("LAS", "LPS", "oblique"):
+        assert np.linalg.norm(targets[orient] - targets["RAS"]) <= 0.5
+        # same voxel centres for RAS/LAS/LPS; the oblique grid samples the scalp differently
+        tol = 0.5 if orient != "oblique" else 3.0
+        assert np.linalg.norm(coil_centres[orient] - coil_centres["RAS"]) <= tol, orient
+
+
+def test_scalp_geometry_on_a_sphere(tmp_path: Path) -> None:
+    """On an ellipsoid the two entries are close, the normal is outward, depths are right."""
+    paths = make_subject(tmp_path, "RAS")
+    model = build_head_model(paths["t1w"], paths["mask"])
+    geo = scalp_geometry(model, LEFT_DLPFC_MNI)
+    n = geo["normal_out"]
+    assert n @ (geo["entry_normal"] - LEFT_DLPFC_MNI) > 0
+    assert geo["angle_between_entries_deg"] < 10
+    # analytic scalp-to-brain distance along the ray: both ellipsoid surfaces
+    def exit_t(ax):
+        d = (LEFT_DLPFC_MNI - HEAD_C) / ax
+        u = n / ax
+        a, b, c = u @ u, 2 * d @ u, d @ d - 1
+        return (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+    assert geo["scalp_to_target_normal_mm"] == pytest.approx(exit_t(HEAD_AX), abs=2.0)
+    assert geo["scalp_to_cortex_mm"] == pytest.approx(exit_t(HEAD_AX) - exit_t(BRAIN_AX), abs=2.5)
+
+
+# ------------------------------------------------------------------------------------------
+# known transforms
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["h5", "txt"])
+def test_known_rigid_transform(tmp_path: Path, fmt: str) -> None:
+    """A head moved by a known rigid map (as in the sample data) gives the expected target."""
+    a = rigid_matrix((8.0, -6.0, 10.0), (12.0, -20.0, 25.0))
+    paths = make_subject(tmp_path / "anat", "LAS", world=a)
+    if fmt == "h5":  # fMRIPrep-style composite: affine + (zero) displacement field
+        paths["fwd"] = itk.write_itk_h5_composite(
+            tmp_path / "anat" / "fwd.h5", a, warp_bbox_ras=itk.MNI_HEAD_BBOX_RAS,
+            center_ras=(0.0, -17.5, 18.5))
+    rec, _ = run(tmp_path, paths, target_json(tmp_path))
+    want = (a @ np.append(LEFT_DLPFC_MNI, 1.0))[:3]
+    got = np.array(rec["targets"]["cluster"]["t1w_mm"])
+    assert np.linalg.norm(got - want) <= 1.0
+    assert rec["transforms"]["roundtrip_error_mm"] < 0.01
+    assert len(rec["transforms"]["mni_to_t1w_points"]["sha256"]) == 64
+    assert len(rec["t1w"]["sha256"]) == 64
+    # the whole geometry moves with the head: the entry maps back onto the identity case
+    ref = make_subject(tmp_path / "ref", "LAS")
+    rec0, _ = run(tmp_path / "r0", ref, target_json(tmp_path / "ref"))
+    e0 = np.array(rec0["coil"]["center_mm"])
+    assert np.linalg.norm((a @ np.append(e0, 1))[:3] - np.array(rec["coil"]["center_mm"])) < 3.0
+    for r in rec["reference_targets"].values():
+        assert np.linalg.norm(np.array(r["t1w_mm"]) - (a @ np.append(r["mni_mm"], 1))[:3]) < 1e-2
+
+
+def test_sample_sub02_mni_to_t1w_matches_truth() -> None:
+    truth = pd.read_csv(SAMPLE / "truth.tsv", sep="\t")
+    t = truth[truth.participant_id == "sub-02"].iloc[0]
+    anat, reason = discover_anat(SAMPLE, "02", None)
+    assert reason is None and anat is not None
+    got = load_point_transform(anat.xfm_mni_to_t1w_points).map([[t.x, t.y, t.z]])[0]
+    assert np.linalg.norm(got - [t.t1w_x, t.t1w_y, t.t1w_z]) <= 1.0
+    # the opposite-named file is the wrong direction for points (documents the pitfall)
+    wrong = load_point_transform(anat.xfm_t1w_to_mni_points).map([[t.x, t.y, t.z]])[0]
+    assert np.linalg.norm(wrong - [t.t1w_x, t.t1w_y, t.t1w_z]) > 10.0
+
+
+# ------------------------------------------------------------------------------------------
+# refusals: clear error, nothing written
+# ------------------------------------------------------------------------------------------
+
+
+def _nothing_written(tmp: Path) -> bool:
+    d = tmp / "out"
+    return not d.exists() or not any(p.is_file() for p in d.rglob("*"))
+
+
+def test_refuse_qform_sform_disagree(tmp_path: Path) -> None:
+    bad = affine_for("RAS").copy()
+    bad[0, 3] += 5.0
+    paths = make_subject(tmp_path / "anat", "RAS", sform=bad)
+    with pytest.raises(InputError, match="qform and sform disagree"):
+        run(tmp_path, paths, target_json(tmp_path))
+    assert _nothing_written(tmp_path)
+
+
+def test_refuse_target_outside_head(tmp_path: Path) -> None:
+    paths = make_subject(tmp_path / "anat", "RAS")
+    with pytest.raises(InputError, match="outside the head|outside the brain|field of view"):
+        run(tmp_path, paths, target_json(tmp_path, (-40.0, 30.0, 98.0)))
+    assert _nothing_written(tmp_path)
+
+
+def test_refuse_too_deep(tmp_path: Path) -> None:
+    paths = make_subject(tmp_path / "anat", "RAS")
+    with pytest.raises(InputError, match="below the scalp"):
+        run(tmp_path, paths, target_json(tmp_path, (-5.0, -10.0, 20.0)))
+    assert _nothing_written(tmp_path)
+    with pytest.raises(InputError, match="max_depth_mm = 10"):
+        run(tmp_path, paths, target_json(tmp_path), max_depth_mm=10)
+    assert _nothing_written(tmp_path)
+
+
+def test_refuse_transform_that_does_not_match(tmp_path: Path) -> None:
+    paths = make_subject(tmp_path / "anat", "RAS")
+    paths["fwd"] = itk.write_itk_txt_affine(tmp_path / "far.txt", rigid_matrix((0, 0, 0),
+                                                                               (0, 0, 300)))
+    with pytest.raises(InputError):
+        run(tmp_path, paths, target_json(tmp_path))
+    assert _nothing_written(tmp_path)
+    # two files that do not belong together fail the round trip
+    paths = make_subject(tmp_path / "anat2", "RAS")
+    paths["inv"] = itk.write_itk_txt_affine(tmp_path / "other.txt",
+                                            rigid_matrix((0, 0, 20), (5, 0, 0)))
+    with pytest.raises(InputError, match="do\\s+not belong together"):
+        run(tmp_path, paths, target_json(tmp_path))
+    assert _nothing_written(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------
+# record content and discovery
+# ------------------------------------------------------------------------------------------
+
+
+def test_record_content(tmp_path: Path) -> None:
+    paths = make_subject(tmp_path / "anat", "RAS")
+    _, out = run(tmp_path, paths, target_json(tmp_path), handle_angle_deg=45)
+    saved = json.loads(out.read_text())
+    assert saved["primary_method"] == "cluster" and saved["space"] == "T1w"
+    for m in ("cluster", "classic"):
+        t = saved["targets"][m]
+        assert {"mni_mm", "t1w_mm", "entry_nearest_mm", "entry_along_normal_mm",
+                "angle_between_entries_deg", "normal_out", "scalp_to_cortex_mm"} <= set(t)
+    m = np.array(saved["coil"]["matrix"])
+    assert np.linalg.det(m[:3, :3]) == pytest.approx(1.0, abs=1e-9)
+    h = np.array(saved["coil"]["handle"])
+    assert h[1] < 0 and h[0] < 0  # backwards and to the left (left target)
+    assert math.degrees(math.acos(abs(h[1]) / np.linalg.norm(h[:2]))) == pytest.approx(45, abs=12)
+    assert saved["hotspot"]["mni_mm"] == list(HOTSPOT_MNI_MM)
+    assert "not a prescription" in saved["depth_advice"]
+    assert set(saved["reference_targets"]) >= {"F3", "BA9", "BA46", "5cm"}
+    assert all(e["file"].startswith("sub-01/anat/sub-01_task-rest_space-T1w_desc-target_")
+               and e["how_to_load"] for e in saved["exports"])
+    assert sum(e.get("primary", False) for e in saved["exports"]) == 1
+
+
+def test_discover_anat_missing_reports_reason(tmp_path: Path) -> None:
+    anat = tmp_path / "sub-01" / "anat"
+    anat.mkdir(parents=True)
+    (anat / "sub-01_desc-preproc_T1w.nii.gz").touch()
+    (anat / "sub-01_desc-brain_mask.nii.gz").touch()
+    (anat / "sub-01_space-MNI152NLin2009cAsym_desc-preproc_T1w.nii.gz").touch()  # ignored
+    got, reason = discover_anat(tmp_path, "01", None)
+    assert got is None and "from-T1w_to-MNI152NLin2009cAsym" in reason
+    assert "MNI targets still computed" in reason
+    for n in ("from-T1w_to-MNI152NLin2009cAsym", "from-MNI152NLin2009cAsym_to-T1w"):
+        (anat / f"sub-01_{n}_mode-image_xfm.h5").touch()
+    got, reason = discover_anat(tmp_path, "01", "1")  # session falls back to subject anat/
+    assert reason is None and got.t1w.endswith("sub-01_desc-preproc_T1w.nii.gz")
+
+
+def test_plan_lists_anat_units_and_native_skips(tmp_path: Path) -> None:
+    from tmstarget.plan import build_plan
+
+    plan = build_plan({"fmriprep_dir": str(SAMPLE), "output_dir": str(tmp_path / "o"),
+                       "task": "rest"})
+    assert sorted(plan.anat_units) == [
+        "sub-01/anat/sub-01_task-rest", "sub-02/anat/sub-02_task-rest",
+        "sub-03/ses-1/anat/sub-03_ses-1_task-rest", "sub-03/ses-2/anat/sub-03_ses-2_task-rest"]
+    assert plan.anat_units["sub-03/ses-2/anat/sub-03_ses-2_task-rest"] == (
+        "sub-03/ses-2/func/sub-03_ses-2_task-rest")
+    assert not plan.native_skipped
+    off = build_plan({"fmriprep_dir": str(SAMPLE), "output_dir": str(tmp_path / "o"),
+                      "task": "rest", "native": {"enabled": False}})
+    assert not off.anat_units and not off.native_skipped and len(off.units) == 4
+
+
+def test_refuse_zero_xform_code(tmp_path: Path) -> None:
+    paths = make_subject(tmp_path / "anat", "LPS")
+    img = nb.load(str(paths["t1w"]))
+    img = nb.Nifti1Image(np.asarray(img.dataobj), img.affine, img.header)
+    img.set_sform(img.affine, code=0)
+    nb.save(img, str(paths["t1w"]))
+    with pytest.raises(InputError, match="sform_code 0"):
+        run(tmp_path, paths, target_json(tmp_path))
+    assert _nothing_written(tmp_path)

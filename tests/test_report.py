@@ -1,0 +1,368 @@
+"""Per-subject and cohort reports on small synthetic inputs (seeded, no pipeline run)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+matplotlib = pytest.importorskip("matplotlib")
+pytest.importorskip("jinja2")
+
+from tmstarget import report as R
+
+HOSTILE = '<script>alert("x")</script>'
+TARGET = (-40.0, 30.0, 40.0)  # left-only planted target (x < 0)
+
+
+def _grid(vox: float = 4.0) -> tuple[tuple[int, int, int], np.ndarray]:
+    shape = (int(180 / vox) + 1, int(216 / vox) + 1, int(180 / vox) + 1)
+    aff = np.diag([vox, vox, vox, 1.0])
+    aff[:3, 3] = (-90.0, -126.0, -72.0)
+    return shape, aff
+
+
+def _world(shape, aff) -> np.ndarray:
+    ijk = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    return ijk @ aff[:3, :3].T + aff[:3, 3]
+
+
+def _save(data, aff, path: Path) -> Path:
+    img = nb.Nifti1Image(data, aff)
+    img.set_qform(aff, 1)
+    img.set_sform(aff, 4)
+    nb.save(img, path)
+    return path
+
+
+def make_unit(root: Path, participant: str = "01", session: str | None = None,
+              hostile: bool = False, native: bool = False) -> dict:
+    """A unit's files, as the pipeline writes them, with a left-only planted target."""
+    rng = np.random.default_rng(7)
+    shape, aff = _grid()
+    xyz = _world(shape, aff)
+    brain = np.linalg.norm((xyz - [0, -18, 18]) / [70, 90, 70], axis=-1) < 1
+    d = np.linalg.norm(xyz - TARGET, axis=-1)
+    rmap = (0.05 * rng.standard_normal(shape) - 0.9 * np.exp(-(d / 8.0) ** 2)) * brain
+    region = (np.linalg.norm(xyz - [-40, 30, 40], axis=-1) < 20) & brain & (xyz[..., 0] < 0)
+    pid = f"sub-{participant}" if not hostile else f"sub-{HOSTILE}"
+    sid = f"ses-{session}" if session else None
+    folder = root / f"sub-{participant}" / (sid or "") / "func"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = f"sub-{participant}" + (f"_{sid}" if sid else "") + "_task-rest"
+    pre = folder / stem
+    rpath = _save(rmap.astype(np.float32), aff,
+                  Path(f"{pre}_space-MNI152NLin2009cAsym_desc-sgacc_stat-r_boldmap.nii.gz"))
+    gpath = _save(region.astype(np.uint8), aff,
+                  Path(f"{pre}_space-MNI152NLin2009cAsym_desc-searchregion_mask.nii.gz"))
+    n = 150
+    fd = np.abs(0.15 + 0.1 * rng.standard_normal(n))
+    fd[[20, 21, 90]] = 1.2
+    bold = (f"/data/{HOSTILE}/bold.nii.gz" if hostile else "/data/sub-01_bold.nii.gz")
+    run = {"n_volumes": n, "n_non_steady_state": 2, "n_censored": 5, "n_retained": n - 7,
+           "retained_seconds": (n - 7) * 2.0, "fd": fd.round(4).tolist(),
+           "fd_mean": float(fd.mean()), "fd_max": float(fd.max()), "fd_threshold": 0.5,
+           "censored": [0, 1, 19, 20, 21, 22, 90],
+           "inputs": [{"path": bold, "sha256": "a" * 64}]}
+    strategy = {"name": "fox2012", "reference": "Fox et al. 2012"}
+    qc = {"participant": participant, "session": session,
+          "seed": {"description": "sphere centre (6, 16, -10) mm", "n_voxels": 67,
+                   "config": {"kind": "sphere", "center_mm": [6, 16, -10], "radius_mm": 10}},
+          "retained_volumes": n - 7, "retained_seconds": (n - 7) * 2.0,
+          "repetition_time": 2.0, "runs": [run], "strategy": strategy}
+    work = root / "work" / f"sub-{participant}" / (sid or "") / "func"
+    work.mkdir(parents=True, exist_ok=True)
+    qc_path = work / f"{stem}_desc-seedmap_qc.json"
+    qc_path.write_text(json.dumps(qc))
+    seed_tsv = Path(f"{pre}_desc-sgacc_timeseries.tsv")
+    seed_tsv.write_text("seed\n" + "\n".join(f"{v:.4f}" for v in rng.standard_normal(n - 7)))
+    targets = {}
+    for i, m in enumerate(("classic", "cluster", "weighted")):
+        targets[m] = {"method": m, "x": TARGET[0] + 0.123456 * i, "y": TARGET[1] - 0.5 * i,
+                      "z": TARGET[2] + 0.25 * i, "r": -0.87654, "n_voxels": 1 + 10 * i,
+                      "snapped": False, "distance_to_region_edge_mm": 12.0,
+                      "description": f"{m} method"}
+    tj = {"participant_id": pid, "session_id": sid, "space": "MNI152NLin2009cAsym",
+          "reference_image": {"path": str(rpath.relative_to(root)), "sha256": "b" * 64},
+          "targets": targets,
+          "search_region": {"description": "left DLPFC", "n_voxels": int(region.sum()),
+                            "mask": str(gpath.relative_to(root))},
+          "seed": qc["seed"], "inputs": run["inputs"],
+          "warnings": [f"{HOSTILE} edge" if hostile else "classic: the target is at the edge "
+                       "of the search region; the best spot may lie outside it."],
+          "software": {"tmstarget": "test"}}
+    tpath = Path(f"{pre}_space-MNI152NLin2009cAsym_desc-target_coords.json")
+    tpath.write_text(json.dumps(tj))
+    repro = {"split_half": {"split": "first vs second half", "volumes": [70, 70], "methods": {
+        m: {"half_a": {"x": t["x"] + 1, "y": t["y"], "z": t["z"]},
+            "half_b": {"x": t["x"] - 1, "y": t["y"], "z": t["z"]},
+            "distance_mm": 2.0, "map_r": 0.7} for m, t in targets.items()}},
+        "bootstrap": {"n_resamples": 20, "block_seconds": 40.0, "methods": {
+            m: {"radius95_mm": 3.0, "fraction_within_5mm": 0.95} for m in targets}},
+        "reference_sites": {"F3": {"x": -37.0, "y": 26.0, "z": 49.0, "r": -0.2,
+                                   "distance_mm": {m: 10.0 for m in targets}}}}
+    rpj = Path(f"{pre}_space-MNI152NLin2009cAsym_desc-reproducibility_stats.json")
+    rpj.write_text(json.dumps(repro))
+    cloud = Path(f"{pre}_space-MNI152NLin2009cAsym_desc-bootstrap_targets.tsv")
+    rows = ["resample\tmethod\tx\ty\tz\tr"]
+    for k in range(20):
+        for m, t in targets.items():
+            p = np.array([t["x"], t["y"], t["z"]]) + rng.normal(0, 1.5, 3)
+            rows.append(f"{k}\t{m}\t{p[0]:.3f}\t{p[1]:.3f}\t{p[2]:.3f}\t-0.8")
+    cloud.write_text("\n".join(rows) + "\n")
+    ttsv = root / "targets.tsv"
+    lines = [] if ttsv.exists() else [
+        "participant_id\tsession_id\tmethod\treliability\treliability_reason"]
+    for m in targets:
+        rel, why = (("unreliable", f"bootstrap radius {HOSTILE}") if m == "weighted"
+                    else ("reliable", ""))
+        lines.append(f"{pid}\t{sid or 'n/a'}\t{m}\t{rel}\t{why}")
+    with ttsv.open("a") as fh:
+        fh.write("\n".join(lines) + "\n")
+    native_path = None
+    if native:
+        anat = root / f"sub-{participant}" / "anat"
+        anat.mkdir(parents=True, exist_ok=True)
+        t1 = _save((brain * 100).astype(np.float32), aff, anat / "T1w.nii.gz")
+        native_path = anat / f"sub-{participant}_task-rest_space-T1w_desc-target_coords.json"
+        native_path.write_text(json.dumps({
+            "space": "T1w", "primary_method": "cluster",
+            "t1w": {"path": str(t1), "sha256": "c" * 64},
+            "targets": {m: {"mni_mm": [t["x"], t["y"], t["z"]],
+                            "t1w_mm": [t["x"], t["y"], t["z"]],
+                            "entry_along_normal_mm": [-60.0, 35.0, 55.0],
+                            "normal_out": [-0.7, 0.3, 0.6], "scalp_to_target_mm": 25.0,
+                            "scalp_to_cortex_mm": 14.5} for m, t in targets.items()},
+            "coil": {"method": "cluster", "entry_mm": [-60.0, 35.0, 55.0],
+                     "normal_out": [-0.7, 0.3, 0.6], "handle": [-0.7, -0.7, 0.0]},
+            "scalp_to_cortex_mm": {"target": 14.5, "hotspot": 16.0},
+            "depth_advice": "ADVICE: about 4 percentage points lower.",
+            "exports": [{"file": "sub-01/anat/x_brainsight.txt", "format": "Brainsight",
+                         "space": "T1w", "how_to_load": f"Targets > Import {HOSTILE}"}],
+        }))
+    out_base = root / f"sub-{participant}" / (sid or "") / (
+        f"sub-{participant}" + (f"_{sid}" if sid else ""))
+    return {"target_json": tpath, "rmap_path": rpath, "region_path": gpath, "qc_path": qc_path,
+            "seed_tsv": seed_tsv, "repro_json": rpj, "cloud_tsv": cloud, "targets_tsv": ttsv,
+            "native_json": native_path, "output_root": root,
+            "out_html": Path(f"{out_base}_report.html"),
+            "out_json": Path(f"{out_base}_report.json")}
+
+
+def _render(unit: dict, cfg: dict | None = None) -> tuple[str, dict]:
+    data = R.subject_report_step(cfg=cfg or {"fmriprep_dir": None, "seed": {"kind": "sphere"}},
+                                 **unit)
+    return unit["out_html"].read_text(), data
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rep")
+    plain = make_unit(root, "01")
+    hostile = make_unit(root, "02", session="1", hostile=True, native=True)
+    sim = tmp_path_factory.mktemp("sim")
+    (sim / "dataset_description.json").write_text(json.dumps(
+        {"Name": "sample (SIMULATED BOLD)", "DatasetType": "derivative"}))
+    out = {"root": root, "plain": plain, "hostile": hostile}
+    out["plain_html"], out["plain_data"] = _render(plain, {"fmriprep_dir": str(sim)})
+    out["hostile_html"], out["hostile_data"] = _render(hostile)
+    out["cohort"] = root / "cohort_report.html"
+    R.cohort_report_step([plain["out_json"], hostile["out_json"]], root, out["cohort"],
+                         [plain["out_html"], hostile["out_html"]])
+    return out
+
+
+def _all_html(reports) -> list[str]:
+    return [reports["plain_html"], reports["hostile_html"], reports["cohort"].read_text()]
+
+
+def test_no_external_urls_and_self_contained(reports):
+    for html in _all_html(reports):
+        low = html.lower()
+        for bad in ("http://", "https://", "//cdn", "file://", "@import", "<link"):
+            assert bad not in low, bad
+        for src in re.findall(r'\bsrc="([^"]*)"', html):
+            assert src.startswith("data:image/png;base64,")
+            assert b"http" not in base64.b64decode(src.split(",", 1)[1])  # no PNG metadata URL
+        for href in re.findall(r'\bhref="([^"]*)"', html):
+            assert ":" not in href and not href.startswith("/"), href  # relative links only
+
+
+def test_hostile_labels_and_paths_are_escaped(reports):
+    html = reports["hostile_html"]
+    assert "<script" not in html.lower()
+    assert "&lt;script&gt;" in html
+    cohort = reports["cohort"].read_text()
+    assert cohort.lower().count("<script") == 1  # only the inline table-sorting script
+    assert "&lt;script&gt;" in cohort
+
+
+def test_printed_coordinates_equal_target_json(reports):
+    for key in ("plain", "hostile"):
+        html, data = reports[f"{key}_html"], reports[f"{key}_data"]
+        tj = json.loads(reports[key]["target_json"].read_text())
+        twin = json.loads(reports[key]["out_json"].read_text())
+        for m, t in tj["targets"].items():
+            row = re.search(rf'<tr[^>]*data-method="{m}">(.*?)</tr>', html, re.DOTALL).group(1)
+            for ax in ("x", "y", "z"):
+                cell = re.search(rf'coord-{ax}">([^<]*)<', row).group(1)
+                assert cell == f"{t[ax]:.2f}", (m, ax, cell)
+                assert twin["targets"][m][ax] == t[ax] == data["targets"][m][ax]
+
+
+def test_sections_warnings_and_twin(reports):
+    html, data = reports["plain_html"], reports["plain_data"]
+    for section in ('id="warnings"', 'id="header"', 'id="quality"', 'id="seed"', 'id="map"',
+                    'id="reproducibility"', 'id="references"', 'id="native"', 'id="config"'):
+        assert section in html
+    assert "Research use only" in html and "SIMULATED DATA" in html and data["simulated"]
+    assert "native-space step not run" in html
+    assert html.count("Neurological convention") >= 4  # every MNI image states orientation
+    assert any("edge of the search region" in w for w in data["warnings"])
+    assert any("weighted target is flagged unreliable" in w for w in data["warnings"])
+    assert data["data_quality"]["retained_volumes"] == 143
+    assert data["reproducibility"]["methods"]["weighted"]["reliability"] == "unreliable"
+    assert set(data["figures"]) >= {"fd", "seed_ts", "seed_loc", "map", "zoom", "glass", "cloud"}
+    assert "a" * 64 in html  # input SHA-256 shown
+
+
+def test_native_section_rendered_when_present(reports):
+    html, data = reports["hostile_html"], reports["hostile_data"]
+    assert data["native"]["available"] and "native" in data["figures"]
+    assert "Depth adjustment advice" in html and "x_brainsight.txt" in html
+    assert "cluster (primary)" in html
+
+
+def test_cohort_links_all_reports_and_sorts(reports):
+    html = reports["cohort"].read_text()
+    links = set(re.findall(r'href="([^"]+)"', html))
+    for key in ("plain", "hostile"):
+        rel = reports[key]["out_html"].relative_to(reports["root"]).as_posix()
+        assert rel in links
+        assert (reports["root"] / rel).is_file()
+    assert 'id="cohort-table"' in html and "addEventListener(\"click\"" in html
+
+
+def _blue_columns(rgba: np.ndarray, bbox) -> np.ndarray:
+    h = rgba.shape[0]
+    x0, x1 = int(bbox.x0), int(bbox.x1)
+    y0, y1 = int(h - bbox.y1), int(h - bbox.y0)
+    sub = rgba[y0:y1, x0:x1, :3].astype(float) / 255
+    blue = (sub[..., 2] - sub[..., 0] > 0.4) & (sub[..., 2] > 0.6)
+    return np.nonzero(blue)[1] + x0
+
+
+def test_left_target_appears_on_the_side_labelled_L(tmp_path):
+    """A left-only planted blob must be drawn on the side of the 'L' label (coronal, axial)."""
+    unit = make_unit(tmp_path, "09")
+    rmap = nb.load(unit["rmap_path"])
+    rdata = np.asarray(rmap.dataobj)
+    rdata = np.where(rdata < -0.5, rdata, 0).astype(np.float32)  # the planted blob only
+    blob = nb.Nifti1Image(rdata, rmap.affine)
+    display = R.map_figure(blob, TARGET)
+    fig = display.frame_axes.figure
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_text() in ("L", "R")]
+    renderer = fig.canvas.get_renderer()
+    for panel in ("y", "z"):  # coronal and axial show left/right
+        ax = display.axes[panel].ax
+        bbox = ax.get_window_extent()
+        cols = _blue_columns(rgba, bbox)
+        assert cols.size > 5, f"blob not drawn on panel {panel}"
+        lab = {}
+        for t in texts:
+            e = t.get_window_extent(renderer)
+            cx = (e.x0 + e.x1) / 2
+            if bbox.x0 - 5 <= cx <= bbox.x1 + 5:
+                lab[t.get_text()] = cx
+        assert set(lab) == {"L", "R"}, (panel, lab)
+        blob_x = float(np.mean(cols))
+        assert abs(blob_x - lab["L"]) < abs(blob_x - lab["R"]), (panel, blob_x, lab)
+        assert lab["L"] < lab["R"]  # neurological: L on the left
+    matplotlib.pyplot.close(fig)
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+@pytest.mark.skipif(_chromium() is None,
+                    reason="headless Chromium not installed (Debian package 'chromium'; "
+                           ".ci/run installs it); the report is checked without a browser above")
+def test_report_loads_in_headless_chromium(reports, tmp_path):
+    """Loads with no network request and every image decoded; printed coordinates as in JSON."""
+    probe = ("<script>window.addEventListener('load', function () {"
+             "var o = document.createElement('pre'); o.id = 'load-probe';"
+             "var broken = Array.prototype.filter.call(document.images, function (i) {"
+             "return !i.complete || i.naturalWidth === 0; }).length;"
+             "o.textContent = JSON.stringify({resources: performance.getEntriesByType('resource')"
+             ".map(function (e) { return e.name; }), images: document.images.length,"
+             "broken: broken}); document.body.appendChild(o); });</script>")
+    for key in ("plain", "hostile"):
+        html_path = tmp_path / f"{key}.html"
+        html_path.write_text(reports[f"{key}_html"].replace("</body>", probe + "</body>"))
+        res = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                              f"--user-data-dir={tmp_path / 'profile'}",
+                              "--virtual-time-budget=5000", "--dump-dom", html_path.as_uri()],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert res.returncode == 0, res.stderr[-2000:]
+        dom = res.stdout
+        m = re.search(r'<pre id="load-probe">(.*?)</pre>', dom, re.DOTALL)
+        assert m, "the page did not finish loading"
+        probe_out = json.loads(m.group(1))
+        assert probe_out["resources"] == [], probe_out  # no request at all (images are data:)
+        assert probe_out["images"] >= 7 and probe_out["broken"] == 0, probe_out
+        tj = json.loads(reports[key]["target_json"].read_text())
+        for meth, t in tj["targets"].items():
+            row = re.search(rf'<tr[^>]*data-method="{meth}">(.*?)</tr>', dom, re.DOTALL).group(1)
+            for ax in ("x", "y", "z"):
+                assert re.search(rf'coord-{ax}">([^<]*)<', row).group(1) == f"{t[ax]:.2f}"
+
+
+def test_minimal_inputs_without_reproducibility_or_native(reports, tmp_path):
+    unit = dict(reports["plain"], repro_json=None, cloud_tsv=None, targets_tsv=None,
+                out_html=tmp_path / "min_report.html", out_json=tmp_path / "min_report.json")
+    data = R.subject_report_step(cfg={"fmriprep_dir": None}, native_note="native-space step "
+                                 "not run: no T1w <b>found</b>", **unit)
+    html = unit["out_html"].read_text()
+    assert data["reproducibility"] is None and "Reproducibility step not run" in html
+    assert "no T1w &lt;b&gt;found&lt;/b&gt;" in html
+    assert not data["simulated"] and "SIMULATED DATA" not in html
+
+
+@pytest.mark.skipif(_chromium() is None,
+                    reason="headless Chromium not installed (Debian package 'chromium'; "
+                           ".ci/run installs it)")
+def test_cohort_table_sorts_in_headless_chromium(reports, tmp_path):
+    """Clicking the 'x' header sorts the rows by x (ascending, then descending), offline."""
+    probe = ("<script>window.addEventListener('load', function () {"
+             "var th = document.querySelector('#cohort-table th[data-col=\"3\"]');"
+             "function col() { return Array.prototype.map.call("
+             "document.querySelectorAll('#cohort-table tbody tr'), function (r) {"
+             "return parseFloat(r.cells[3].getAttribute('data-v')); }); }"
+             "th.click(); var up = col(); th.click(); var down = col();"
+             "var o = document.createElement('pre'); o.id = 'sort-probe';"
+             "o.textContent = JSON.stringify({up: up, down: down});"
+             "document.body.appendChild(o); });</script>")
+    page = tmp_path / "cohort_report.html"
+    page.write_text(reports["cohort"].read_text().replace("</body>", probe + "</body>"))
+    res = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000",
+                          "--dump-dom", page.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=False)
+    m = re.search(r'<pre id="sort-probe">(.*?)</pre>', res.stdout, re.DOTALL)
+    assert m, res.stderr[-2000:]
+    got = json.loads(m.group(1))
+    assert len(got["up"]) == 6 and got["up"] == sorted(got["up"])
+    assert got["down"] == sorted(got["up"], reverse=True)

@@ -1,0 +1,110 @@
+# Reports: one self-contained HTML (+ JSON twin) per participant/session, and a cohort report.
+#
+# `report` reads the cohort targets.tsv (the reliability flag is relative to the cohort's
+# between-subject distances), so it runs after `aggregate` and is NOT in the "participant"
+# group: a group job may not depend on a job outside it (aggregate) that depends on the group
+# again (Snakemake refuses such groups).
+
+localrules:
+    cohort_report,
+
+
+def _report_stem(unit):
+    d = f"sub-{unit.participant}" + (f"/ses-{unit.session}" if unit.session else "")
+    return f"{d}/sub-{unit.participant}" + (f"_ses-{unit.session}" if unit.session else "")
+
+
+#: report path stem (sub-X/[ses-Y/]sub-X[_ses-Y]) -> unit prefix
+REPORT_UNITS = {_report_stem(u): p for p, u in PLAN.units.items()}
+
+
+def get_report_native_json(prefix):
+    """The unit's native-space target JSON if the native step runs for it, else None."""
+    if not hasattr(rules, "native") or not config.get("native", {}).get("enabled", False):
+        return None
+    for ap, up in getattr(PLAN, "anat_units", {}).items():
+        if up == prefix:
+            return f"{OUT}/{ap}_space-T1w_desc-target_coords.json"
+    return None
+
+
+def get_report_native_note(wildcards):
+    """Why the native section is empty for this unit (None when the native step runs)."""
+    p = REPORT_UNITS[wildcards.reportstem]
+    if get_report_native_json(p):
+        return None
+    if not hasattr(rules, "native") or not config.get("native", {}).get("enabled", False):
+        return "native-space step not run (native.enabled is false or the step is not installed)."
+    u = PLAN.units[p]
+    for s in getattr(PLAN, "native_skipped", []):
+        if s.participant == u.participant and s.session == u.session:
+            return f"native-space step not run: {s.reason}"
+    return "native-space step not run."
+
+
+def get_report_inputs(wildcards):
+    p = REPORT_UNITS[wildcards.reportstem]
+    base = f"{OUT}/{p}_space-MNI152NLin2009cAsym_desc-"
+    files = {
+        "coords": f"{base}target_coords.json",
+        "rmap": f"{base}sgacc_stat-r_boldmap.nii.gz",
+        "region": f"{base}searchregion_mask.nii.gz",
+        "qc": f"{OUT}/work/{p}_desc-seedmap_qc.json",
+        "seed_tsv": f"{OUT}/{p}_desc-sgacc_timeseries.tsv",
+        "targets_tsv": f"{OUT}/targets.tsv",
+    }
+    if config["reproducibility"]["enabled"]:
+        files["repro"] = f"{base}reproducibility_stats.json"
+        files["cloud"] = f"{base}bootstrap_targets.tsv"
+    native = get_report_native_json(p)
+    if native:
+        files["native"] = native
+    return files
+
+
+rule report:
+    input:
+        unpack(get_report_inputs),
+    output:
+        html=f"{OUT}/{{reportstem}}_report.html",
+        json=f"{OUT}/{{reportstem}}_report.json",
+    params:
+        output_root=OUT,
+        native_note=get_report_native_note,
+    wildcard_constraints:
+        reportstem=_alternatives(REPORT_UNITS),
+    log:
+        f"{OUT}/logs/report/{{reportstem}}.log",
+    threads: 1
+    resources:
+        mem_mb=mem_scaled(1500),
+        runtime=10,
+    script:
+        "../../scripts/report.py"
+
+
+rule cohort_report:
+    input:
+        jsons=[f"{OUT}/{s}_report.json" for s in sorted(REPORT_UNITS)],
+        htmls=[f"{OUT}/{s}_report.html" for s in sorted(REPORT_UNITS)],
+        targets_tsv=f"{OUT}/targets.tsv",
+    output:
+        html=f"{OUT}/cohort_report.html",
+    params:
+        output_root=OUT,
+        summary=f"{OUT}/reproducibility_summary.json",
+    log:
+        f"{OUT}/logs/cohort_report.log",
+    threads: 1
+    resources:
+        mem_mb=mem_scaled(1000),
+        runtime=10,
+    script:
+        "../../scripts/cohort_report.py"
+
+
+def get_report_outputs():
+    """Per-subject reports and the cohort report (targets of `rule all`)."""
+    return [f"{OUT}/{s}_report.html" for s in sorted(REPORT_UNITS)] + [
+        f"{OUT}/cohort_report.html"
+    ]
