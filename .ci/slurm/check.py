@@ -68,7 +68,14 @@ def main() -> int:
                            "comment": f[9]}
     check(len(calls) > 0 and len(calls) == len(ids), f"{len(calls)} jobs submitted with sbatch")
     n_units = len(list(a.local_out.rglob("*_desc-target_coords.json")))
-    check(len(calls) == n_units, f"one SLURM job per participant/session group ({n_units})")
+    groups = [c for c, _, _ in asked if c.startswith("rule_participant")]
+    reports = [c for c, _, _ in asked if c.startswith("rule_report")]
+    check(len(groups) == n_units, f"one SLURM job per participant/session group ({len(groups)} "
+          f"for {n_units})")
+    # the report step reads the cohort table (aggregate), so it cannot join the group
+    check(len(reports) == n_units, f"one SLURM report job per participant/session "
+          f"({len(reports)} for {n_units})")
+    check(len(calls) == len(groups) + len(reports), "no other SLURM jobs (cohort steps local)")
     for jid, (comment, mem, minutes) in zip(ids, asked, strict=False):
         s = sacct.get(jid)
         check(s is not None, f"job {jid} ({comment}) is in sacct")
