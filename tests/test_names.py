@@ -81,3 +81,33 @@ def test_any_name_gives_wellformed_xml_and_json(name):
             json.loads(out[key].read_text(encoding="utf-8"))
         for p in out.values():
             assert Path(d, "out") in Path(p).resolve().parents
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(min_size=0, max_size=40))
+def test_report_environment_escapes_any_text(text):
+    """The reports' template environment (autoescape) turns any label or path into inert text:
+    the rendered fragment parses back to exactly one element whose text is the input."""
+    from html.parser import HTMLParser
+
+    from tmstarget.report import _env
+
+    html = _env().from_string("<td>{{ v }}</td>").render(v=text)
+
+    class P(HTMLParser):
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.tags, self.data = [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+
+        def handle_data(self, data):
+            self.data.append(data)
+
+    p = P()
+    p.feed(html)
+    p.close()
+    assert p.tags == ["td"]
+    assert "".join(p.data) == text.replace("\r\n", "\n").replace("\r", "\n") or \
+        "".join(p.data) == text
