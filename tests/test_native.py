@@ -355,3 +355,29 @@ def test_refuse_zero_xform_code(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="sform_code 0"):
         run(tmp_path, paths, target_json(tmp_path))
     assert _nothing_written(tmp_path)
+
+
+def test_refuse_mirrored_transform_or_t1w(tmp_path: Path) -> None:
+    """A left/right-mirrored T1w+transform (det < 0) and a transform that turns the head
+    around (det > 0, but the target lands on the other side of the brain) are both refused."""
+    mirror = np.diag([-1.0, 1.0, 1.0, 1.0])
+    paths = make_subject(tmp_path / "anat", "RAS", world=mirror)
+    with pytest.raises(InputError, match="mirrors the image"):
+        run(tmp_path, paths, target_json(tmp_path))
+    assert _nothing_written(tmp_path)
+    turned = rigid_matrix((0, 0, 180), (0, 0, 0))
+    paths = make_subject(tmp_path / "anat2", "RAS")
+    paths["fwd"] = itk.write_itk_txt_affine(tmp_path / "turned.txt", turned)
+    paths["inv"] = itk.write_itk_txt_affine(tmp_path / "turned_inv.txt", np.linalg.inv(turned))
+    with pytest.raises(InputError, match="left hemisphere in MNI space but\\s+lands"):
+        run(tmp_path, paths, target_json(tmp_path))
+    assert _nothing_written(tmp_path)
+
+
+def test_laterality_recorded_on_a_good_subject(tmp_path: Path) -> None:
+    paths = make_subject(tmp_path / "anat", "LPS", world=rigid_matrix((5, -8, 12), (20, 28, -12)))
+    rec, _ = run(tmp_path, paths, target_json(tmp_path))
+    lat = rec["laterality_check"]
+    assert lat["passed"] and lat["hemisphere_mni"] == "left"
+    assert lat["jacobian_determinant"] == pytest.approx(1.0, abs=1e-3)
+    assert lat["target_x_minus_brain_centre_x_mm"] < -10

@@ -67,7 +67,7 @@ def main() -> int:
             sacct[f[0]] = {"name": f[1], "reqmem": f[5], "timelimit": f[6], "state": f[7],
                            "comment": f[9]}
     check(len(calls) > 0 and len(calls) == len(ids), f"{len(calls)} jobs submitted with sbatch")
-    n_units = len(list(a.local_out.rglob("*_desc-target_coords.json")))
+    n_units = len(list(a.local_out.rglob("*_space-MNI152NLin2009cAsym_desc-target_coords.json")))
     groups = [c for c, _, _ in asked if c.startswith("rule_participant")]
     reports = [c for c, _, _ in asked if c.startswith("rule_report")]
     check(len(groups) == n_units, f"one SLURM job per participant/session group ({len(groups)} "

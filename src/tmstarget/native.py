@@ -226,6 +226,44 @@ def _local_axes(xfm: PointTransform, p_mni: np.ndarray, step: float = 10.0) -> t
     return ant / np.linalg.norm(ant), rgt / np.linalg.norm(rgt)
 
 
+def _check_laterality(fwd: PointTransform, model: "HeadModel", p_mni: np.ndarray,
+                      p_t1: np.ndarray, t1w: str | os.PathLike[str], name: str,
+                      step: float = 5.0) -> dict[str, Any]:
+    """Refuse a target whose left/right side is not preserved from MNI to the T1w.
+
+    Two independent checks: (1) the transform must not mirror (its local Jacobian at the target
+    has a positive determinant); (2) anatomy: in the T1w's own world frame (RAS+, +x = the
+    subject's right) the target must lie on the same side of the brain mask's centre as in MNI
+    (checked when the MNI target is more than 10 mm from the midline).
+    """
+    pts = np.vstack([p_mni] + [p_mni + d for d in np.eye(3) * step]
+                    + [p_mni - d for d in np.eye(3) * step])
+    m = fwd.map(pts)
+    jac = np.column_stack([(m[1 + i] - m[4 + i]) / (2 * step) for i in range(3)])
+    det = float(np.linalg.det(jac))
+    if det <= 0:
+        raise InputError(fwd.path, f"the MNI -> T1w transform mirrors the image (local Jacobian "
+                         f"determinant {det:.2f} at the {name} target): left and right would be "
+                         "swapped.", "Use the transform fMRIPrep wrote for this T1w and check the "
+                         "T1w header's orientation with a left-side fiducial.")
+    out: dict[str, Any] = {"jacobian_determinant": round(det, 4)}
+    if model.brain is not None and model.brain.any():
+        c_ijk = np.argwhere(model.brain).mean(axis=0)
+        centre = nb.affines.apply_affine(model.affine, c_ijk)
+        side = float(p_t1[0] - centre[0])
+        out.update({"brain_centre_t1w_mm": _vec(centre),
+                    "target_x_minus_brain_centre_x_mm": round(side, 2)})
+        if abs(p_mni[0]) > 10 and abs(side) > 5 and np.sign(side) != np.sign(p_mni[0]):
+            want = "left" if p_mni[0] < 0 else "right"
+            got = "right" if side > 0 else "left"
+            raise InputError(t1w, f"the {name} target is in the {want} hemisphere in MNI space but "
+                             f"lands {abs(side):.0f} mm to the {got} of the brain's centre in this "
+                             "T1w (RAS+ world): the T1w, its header or the transform is mirrored "
+                             "or mismatched.", "Do not use this target. Check the T1w orientation "
+                             "with a left-side fiducial and use fMRIPrep's transform for it.")
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Head model
 # --------------------------------------------------------------------------------------------
@@ -587,6 +625,7 @@ def plan_native(target_json: Mapping[str, Any], t1w: str | os.PathLike[str],
     geo, entry, p_mni, p_t1 = prim_geo
     hemisphere = "left" if p_mni[0] < 0 else "right"
     anterior, right = _local_axes(fwd, p_mni)
+    laterality = _check_laterality(fwd, model, p_mni, p_t1, t1w, method)
     n_out = geo["normal_out"] if entry_kind == "normal" else geo["normal_out_nearest"]
     angle = float(cfg.get("handle_angle_deg", 45.0))
     handle = nav.handle_direction(n_out, angle, hemisphere, anterior=anterior, right=right)
@@ -655,6 +694,7 @@ def plan_native(target_json: Mapping[str, Any], t1w: str | os.PathLike[str],
             "matrix_convention": ("SimNIBS: columns x, y (away from handle), z (into head), "
                                   "centre; det +1 checked"),
         },
+        "laterality_check": {**laterality, "hemisphere_mni": hemisphere, "passed": True},
         "scalp_to_cortex_mm": {"target": d_t, "hotspot": d_h},
         "hotspot": hotspot,
         "depth_advice": _depth_advice(d_t, d_h),
