@@ -4,7 +4,9 @@
               [--exclude-label 03] [--configfile F] [--cores N] [--profile P]
               [any snakemake option, e.g. --dry-run]
 
-Everything after the known options is passed to Snakemake unchanged.
+Everything after the known options is passed to Snakemake unchanged. With a raw BIDS dataset
+as input, fMRIPrep is first run from a container (``workflow/fmriprep.smk``, stage 1) into
+``OUTPUT_DIR/sourcedata/fmriprep``, which the workflow then reads (stage 2).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import yaml
 from . import __version__
 from .errors import TmsTargetError
 from .plan import check_paths
+from .preproc import FMRIPREP_SUBDIR, FMRIPREP_WORK_SUBDIR, detect_input, fmriprep_command
 
 #: The repository (or source tree) holding the Snakefile.
 WORKFLOW_ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "derivatives. Research use only; not a medical device (see SAFETY.md). "
                     "Unknown options are passed to Snakemake.",
     )
-    p.add_argument("fmriprep_dir", help="fMRIPrep derivatives folder (with dataset_description.json)")
+    p.add_argument("fmriprep_dir",
+                   help="fMRIPrep derivatives folder (with dataset_description.json), or a raw "
+                        "BIDS dataset: fMRIPrep is then run first from the container image in "
+                        "preprocessing.fmriprep_image (see README)")
     p.add_argument("output_dir", help="output folder (BIDS derivatives); must not be inside the input")
     p.add_argument("analysis_level", choices=["participant"],
                    help="'participant': targets for each participant, plus the cohort table")
@@ -89,6 +95,64 @@ def build_command(args: argparse.Namespace, extra: Sequence[str]) -> tuple[list[
         cmd.append("--keep-going")
     cmd += list(extra)
     return cmd, override
+
+
+def load_config(configfiles: Sequence[str | Path]) -> dict[str, Any]:
+    """config/config.yaml and the ``--configfile`` YAMLs, merged as Snakemake does per section.
+
+    Later files win; a section (a mapping, e.g. ``preprocessing``) is merged key by key, other
+    values are replaced. Only used to read a few values before Snakemake runs; Snakemake
+    validates the full configuration itself.
+    """
+    cfg: dict[str, Any] = {}
+    for f in [WORKFLOW_ROOT / "config" / "config.yaml", *map(Path, configfiles)]:
+        try:
+            data = yaml.safe_load(Path(f).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise TmsTargetError(f"{f}: cannot read this config file ({exc}). What to do: "
+                                 "check that it is valid YAML.") from None
+        if not isinstance(data, dict):
+            raise TmsTargetError(f"{f}: a config file must be a YAML mapping (key: value).")
+        for key, value in data.items():
+            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+                cfg[key] = {**cfg[key], **value}
+            else:
+                cfg[key] = value
+    return cfg
+
+
+def raw_bids_stage(src: Path, out: Path, cfg: dict[str, Any]) -> str:
+    """Check that a raw BIDS input can be preprocessed; the line saying what will be done.
+
+    Raises
+    ------
+    TmsTargetError
+        ``preprocessing.fmriprep_image`` is not set, or the fMRIPrep command cannot be built
+        (missing image, licence, TemplateFlow folder or container runtime).
+    """
+    pre = cfg.get("preprocessing") or {}
+    task = cfg.get("task", "rest")
+    if not pre.get("fmriprep_image"):
+        raise TmsTargetError(
+            f"{src} is a raw BIDS dataset (anat T1w + func task-{task} BOLD), which needs "
+            "preprocessing first, and preprocessing.fmriprep_image is not set. What to do: set "
+            "preprocessing.fmriprep_image (with preprocessing.fs_license and "
+            "preprocessing.templateflow_home) in a --configfile to run fMRIPrep in its "
+            "Apptainer/Singularity container, or run fMRIPrep yourself and point tmstarget at "
+            "its output folder. (The built-in, container-free preprocessing is not available "
+            "yet.)")
+    cmd = fmriprep_command(
+        src, out / FMRIPREP_SUBDIR, out / FMRIPREP_WORK_SUBDIR, "check",
+        image=pre.get("fmriprep_image"), fs_license=pre.get("fs_license"),
+        templateflow_home=pre.get("templateflow_home"),
+        container_runtime=pre.get("container_runtime", "auto"),
+        fs_no_reconall=pre.get("fs_no_reconall", True),
+        output_spaces=pre.get("output_spaces") or ("MNI152NLin2009cAsym:res-2", "T1w"),
+        extra_args=pre.get("extra_args") or (), task=task)
+    image = Path(str(pre["fmriprep_image"])).expanduser().resolve()
+    return (f"[tmstarget] {src}: raw BIDS dataset found; preprocessing: fMRIPrep container "
+            f"{image} run with {Path(cmd[0]).name}, one job per participant, into "
+            f"{out / FMRIPREP_SUBDIR}")
 
 
 def _check_writable(out: Path) -> None:
@@ -145,13 +209,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TmsTargetError as exc:
         print(f"tmstarget ERROR: {exc}", file=sys.stderr)
         return 2
+    stage1_line = None
     try:
         src, out = check_paths(args.fmriprep_dir, args.output_dir)
+        cfg = load_config(args.configfile)
+        try:
+            kind = detect_input(src, str(cfg.get("task", "rest")))
+        except TmsTargetError:
+            kind = None  # neither: the workflow reports what is wrong, as before
+        if kind == "raw-bids":
+            stage1_line = raw_bids_stage(src, out, cfg)
         _check_writable(out)
     except TmsTargetError as exc:
         print(f"tmstarget ERROR: {exc}", file=sys.stderr)
         return 2
     overrides = {"fmriprep_dir": str(src), "output_dir": str(out)}
+    if stage1_line is not None:  # raw BIDS: stage 2 reads stage 1's fMRIPrep output
+        overrides["bids_dir"] = str(src)
+        overrides["fmriprep_dir"] = str(out / FMRIPREP_SUBDIR)
+    elif kind == "fmriprep":
+        print(f"[tmstarget] {src}: fMRIPrep derivatives found; no preprocessing needed",
+              file=sys.stderr, flush=True)
     if args.participant_label:
         overrides["participant_label"] = [str(x) for x in args.participant_label]
     if args.exclude_label:
@@ -169,7 +247,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(WORKFLOW_ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])])
-    return subprocess.call(cmd, env=env)
+    if stage1_line is None:
+        return subprocess.call(cmd, env=env)
+    # raw BIDS: stage 1 (fMRIPrep container, workflow/fmriprep.smk), then the main workflow
+    print(stage1_line, file=sys.stderr, flush=True)
+    stage1 = list(cmd)
+    stage1[stage1.index("--snakefile") + 1] = str(WORKFLOW_ROOT / "workflow" / "fmriprep.smk")
+    rc1 = subprocess.call(stage1, env=env)
+    if any(a in ("-n", "--dry-run", "--dryrun") for a in extra):
+        print("[tmstarget] dry run: the targets stage is planned once fMRIPrep has run",
+              file=sys.stderr, flush=True)
+        return rc1
+    if rc1 != 0 and (args.stop_on_error or not (out / FMRIPREP_SUBDIR).is_dir()):
+        return rc1
+    print(f"[tmstarget] stage 2: targets from {out / FMRIPREP_SUBDIR}", file=sys.stderr,
+          flush=True)
+    rc2 = subprocess.call(cmd, env=env)
+    return rc1 or rc2
 
 
 if __name__ == "__main__":  # pragma: no cover
