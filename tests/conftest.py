@@ -16,3 +16,51 @@ sys.path.insert(0, str(REPO / "src"))
 def target_rng() -> np.random.Generator:
     """Seeded generator for target/seed-map tests."""
     return np.random.default_rng(20261124)
+
+
+SAMPLE = REPO / "data_sample"
+
+
+def copy_sample_participant(dest: Path, participant: str = "sub-01") -> Path:
+    """A one-participant fMRIPrep tree copied from ``data_sample/`` (the original stays untouched)."""
+    import shutil
+
+    dest.mkdir(parents=True)
+    shutil.copy(SAMPLE / "dataset_description.json", dest)
+    shutil.copytree(SAMPLE / participant, dest / participant)
+    return dest
+
+
+def _rot(axis: int, deg: float) -> np.ndarray:
+    import math
+
+    a = math.radians(deg)
+    c, s = math.cos(a), math.sin(a)
+    i, j = [k for k in range(3) if k != axis]
+    r = np.eye(4)
+    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+    return r
+
+
+def storage_affine(orient: str, ras_base: np.ndarray, shape: tuple[int, int, int],
+                   oblique_deg: tuple[float, float] = (15.0, -10.0)) -> np.ndarray:
+    """Voxel-to-world affine storing the world box of ``ras_base`` in another voxel order.
+
+    ``orient`` is ``RAS``, ``LAS``, ``LPS`` or ``oblique`` (rotated about x then z by
+    ``oblique_deg`` around the box centre): laterality canaries use one per storage order.
+    """
+    n = np.array(shape) - 1
+    if orient == "RAS":
+        return ras_base.copy()
+    if orient in ("LAS", "LPS"):
+        flip = np.diag([-1.0, -1.0 if orient == "LPS" else 1.0, 1, 1])
+        flip[0, 3] = n[0]
+        if orient == "LPS":
+            flip[1, 3] = n[1]
+        return ras_base @ flip
+    if orient == "oblique":
+        centre = ras_base[:3, :3] @ (n / 2) + ras_base[:3, 3]
+        t, ti = np.eye(4), np.eye(4)
+        t[:3, 3], ti[:3, 3] = centre, -centre
+        return t @ _rot(0, oblique_deg[0]) @ _rot(2, oblique_deg[1]) @ ti @ ras_base
+    raise ValueError(orient)

@@ -20,6 +20,7 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import copy_sample_participant
 from test_denoise import make_run
 
 from tmstarget import io as tio
@@ -287,10 +288,7 @@ def tmstarget(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def one_subject(tmp_path):
-    src = tmp_path / "fmriprep"
-    src.mkdir()
-    shutil.copy(SAMPLE / "dataset_description.json", src)
-    shutil.copytree(SAMPLE / "sub-01", src / "sub-01")
+    src = copy_sample_participant(tmp_path / "fmriprep")
     cfg = tmp_path / "fast.yaml"
     cfg.write_text("reproducibility:\n  enabled: false\n")
     return src, cfg

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import copy_sample_participant
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data_sample"
@@ -37,10 +38,7 @@ def command(src: Path, out: Path, cfg: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults")
-    src = root / "fmriprep"
-    src.mkdir()
-    shutil.copy(SAMPLE / "dataset_description.json", src)
-    shutil.copytree(SAMPLE / "sub-01", src / "sub-01")
+    src = copy_sample_participant(root / "fmriprep")
     cfg = root / "cfg.yaml"
     cfg.write_text("target:\n  methods: [classic, cluster, weighted]\n")
     return root, src, cfg

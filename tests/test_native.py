@@ -16,6 +16,7 @@ import nibabel as nb
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import storage_affine
 
 from tmstarget import itk
 from tmstarget import navreaders as rd
@@ -42,33 +43,8 @@ HEAD_AX = np.array([75.0, 95.0, 80.0])
 BRAIN_AX = np.array([60.0, 80.0, 65.0])
 
 
-def _rot(axis: int, deg: float) -> np.ndarray:
-    a = math.radians(deg)
-    c, s = math.cos(a), math.sin(a)
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(4)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
-
-
 def affine_for(orient: str) -> np.ndarray:
-    n = np.array(SHAPE) - 1
-    if orient == "RAS":
-        return RAS_BASE.copy()
-    if orient == "LAS":
-        f = np.diag([-1.0, 1, 1, 1])
-        f[0, 3] = n[0]
-        return RAS_BASE @ f
-    if orient == "LPS":
-        f = np.diag([-1.0, -1, 1, 1])
-        f[0, 3], f[1, 3] = n[0], n[1]
-        return RAS_BASE @ f
-    if orient == "oblique":
-        c = RAS_BASE[:3, :3] @ (n / 2) + RAS_BASE[:3, 3]
-        t, ti = np.eye(4), np.eye(4)
-        t[:3, 3], ti[:3, 3] = c, -c
-        return t @ _rot(0, 12) @ _rot(2, -8) @ ti @ RAS_BASE
-    raise ValueError(orient)
+    return storage_affine(orient, RAS_BASE, SHAPE, oblique_deg=(12.0, -8.0))
 
 
 def make_subject(folder: Path, orient: str = "RAS", world: np.ndarray | None = None,

@@ -16,6 +16,7 @@ from pathlib import Path
 import nibabel as nb
 import numpy as np
 import pytest
+from conftest import storage_affine
 
 from tmstarget import navigation as nav
 from tmstarget import navreaders as rd
@@ -57,34 +58,9 @@ RAS_BASE = np.array([[2.0, 0, 0, -96.0], [0, 2.0, 0, -120.0], [0, 0, 2.0, -72.0]
 SHAPE = (97, 113, 97)
 
 
-def _rot(axis: int, deg: float) -> np.ndarray:
-    a = math.radians(deg)
-    c, s = math.cos(a), math.sin(a)
-    i, j = [k for k in range(3) if k != axis]
-    r = np.eye(4)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
-
-
 def affine_for(orient: str) -> np.ndarray:
     """Voxel-to-world affines storing the same world box in different voxel orders."""
-    n = np.array(SHAPE) - 1
-    if orient == "RAS":
-        return RAS_BASE.copy()
-    if orient == "LAS":
-        flip = np.diag([-1.0, 1, 1, 1])
-        flip[0, 3] = n[0]
-        return RAS_BASE @ flip
-    if orient == "LPS":
-        flip = np.diag([-1.0, -1, 1, 1])
-        flip[0, 3], flip[1, 3] = n[0], n[1]
-        return RAS_BASE @ flip
-    if orient == "oblique":
-        centre = RAS_BASE[:3, :3] @ (n / 2) + RAS_BASE[:3, 3]
-        t, ti = np.eye(4), np.eye(4)
-        t[:3, 3], ti[:3, 3] = centre, -centre
-        return t @ _rot(0, 15) @ _rot(2, -10) @ ti @ RAS_BASE
-    raise ValueError(orient)
+    return storage_affine(orient, RAS_BASE, SHAPE)
 
 
 def make_t1w(
