@@ -324,28 +324,33 @@ def test_stage1_runs_the_container_command_and_writes_marker(site, tmp_path):
     assert "[tmstarget] running:" in (out / "logs" / "fmriprep" / "sub-02.log").read_text()
 
 
-def test_stage1_requires_an_image(tmp_path):
+def test_stage1_fmriprep_method_requires_an_image(tmp_path):
     bids = make_raw_bids(tmp_path / "raw")
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({"bids_dir": str(bids), "output_dir": str(tmp_path / "o")}))
+    cfg.write_text(yaml.safe_dump({"bids_dir": str(bids), "output_dir": str(tmp_path / "o"),
+                                   "preprocessing": {"method": "fmriprep"}}))
     res = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "workflow" / "fmriprep.smk"), "-n",
          "--cores", "1", "--configfile", str(cfg), "--directory", str(tmp_path)],
         check=False, capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode != 0
-    assert "tmstarget ERROR: preprocessing.fmriprep_image is not set" in res.stderr
+    assert ("tmstarget ERROR: preprocessing.method is fmriprep but "
+            "preprocessing.fmriprep_image is not set") in res.stderr
 
 
-def test_cli_raw_bids_without_image_stops_clearly(tmp_path, capsys):
+def test_cli_raw_bids_without_image_or_antspy_stops_clearly(tmp_path, capsys, monkeypatch):
+    import tmstarget.builtin
     from tmstarget.cli import main
 
+    monkeypatch.setattr(tmstarget.builtin, "builtin_available", lambda: False)
     bids = make_raw_bids(tmp_path / "raw")
     rc = main([str(bids), str(tmp_path / "out"), "participant"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err.startswith(f"tmstarget ERROR: {bids.resolve()} is a raw BIDS dataset")
-    assert "preprocessing.fmriprep_image is not set" in err
-    assert "run fMRIPrep yourself and point tmstarget at its output folder" in err
+    assert err.startswith("tmstarget ERROR: this is a raw BIDS dataset and the built-in "
+                          "preprocessing needs ANTsPy, which is not installed")
+    assert "pip install 'tmstarget[preproc]'" in err
+    assert "preprocessing.fmriprep_image" in err
     assert not (tmp_path / "out").exists()  # nothing written
 
 
@@ -372,7 +377,7 @@ def test_cli_raw_bids_dry_run_announces_and_plans_stage1(site, tmp_path):
     assert "raw BIDS dataset found; preprocessing: fMRIPrep container" in res.stderr
     text = res.stdout + res.stderr
     assert set(re.findall(r"^\s*fmriprep\s+(\d+)\s*$", text, re.MULTILINE)) == {"2"}
-    assert "the targets stage is planned once fMRIPrep has run" in res.stderr
+    assert "the targets stage is planned once preprocessing has run" in res.stderr
     override = yaml.safe_load((tmp_path / "out" / "work" / "tmstarget_cli_config.yaml")
                               .read_text())
     assert override["fmriprep_dir"] == str((tmp_path / "out" / "sourcedata" / "fmriprep")

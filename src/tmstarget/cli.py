@@ -24,7 +24,10 @@ import yaml
 from . import __version__
 from .errors import TmsTargetError
 from .plan import check_paths
-from .preproc import FMRIPREP_SUBDIR, FMRIPREP_WORK_SUBDIR, detect_input, fmriprep_command
+from .preproc import (
+    FMRIPREP_SUBDIR, FMRIPREP_WORK_SUBDIR, detect_input, fmriprep_command, resolve_method,
+    stage1_output_subdir,
+)
 
 #: The repository (or source tree) holding the Snakefile.
 WORKFLOW_ROOT = Path(__file__).resolve().parents[2]
@@ -121,26 +124,31 @@ def load_config(configfiles: Sequence[str | Path]) -> dict[str, Any]:
     return cfg
 
 
-def raw_bids_stage(src: Path, out: Path, cfg: dict[str, Any]) -> str:
-    """Check that a raw BIDS input can be preprocessed; the line saying what will be done.
+def raw_bids_stage(src: Path, out: Path, cfg: dict[str, Any]) -> tuple[str, Path]:
+    """Check that a raw BIDS input can be preprocessed; what will be done and where.
+
+    Returns
+    -------
+    line : str
+        The message saying which preprocessing runs.
+    stage1_dir : Path
+        The derivatives folder stage 1 writes (the main workflow's input).
 
     Raises
     ------
     TmsTargetError
-        ``preprocessing.fmriprep_image`` is not set, or the fMRIPrep command cannot be built
-        (missing image, licence, TemplateFlow folder or container runtime).
+        The fMRIPrep command cannot be built (missing image, licence, TemplateFlow folder or
+        container runtime), or the built-in path is chosen and ANTsPy is not installed.
     """
     pre = cfg.get("preprocessing") or {}
     task = cfg.get("task", "rest")
-    if not pre.get("fmriprep_image"):
-        raise TmsTargetError(
-            f"{src} is a raw BIDS dataset (anat T1w + func task-{task} BOLD), which needs "
-            "preprocessing first, and preprocessing.fmriprep_image is not set. What to do: set "
-            "preprocessing.fmriprep_image (with preprocessing.fs_license and "
-            "preprocessing.templateflow_home) in a --configfile to run fMRIPrep in its "
-            "Apptainer/Singularity container, or run fMRIPrep yourself and point tmstarget at "
-            "its output folder. (The built-in, container-free preprocessing is not available "
-            "yet.)")
+    method = resolve_method(pre)
+    stage1_dir = out / stage1_output_subdir(method)
+    if method == "builtin":
+        return (f"[tmstarget] {src}: raw BIDS dataset found; preprocessing: tmstarget built-in "
+                "(ANTsPy: motion correction, coregistration, SyN to MNI152NLin2009cAsym; no "
+                "distortion or slice-timing correction; set preprocessing.fmriprep_image to use "
+                f"fMRIPrep instead), one job per participant, into {stage1_dir}"), stage1_dir
     cmd = fmriprep_command(
         src, out / FMRIPREP_SUBDIR, out / FMRIPREP_WORK_SUBDIR, "check",
         image=pre.get("fmriprep_image"), fs_license=pre.get("fs_license"),
@@ -152,7 +160,7 @@ def raw_bids_stage(src: Path, out: Path, cfg: dict[str, Any]) -> str:
     image = Path(str(pre["fmriprep_image"])).expanduser().resolve()
     return (f"[tmstarget] {src}: raw BIDS dataset found; preprocessing: fMRIPrep container "
             f"{image} run with {Path(cmd[0]).name}, one job per participant, into "
-            f"{out / FMRIPREP_SUBDIR}")
+            f"{stage1_dir}"), stage1_dir
 
 
 def _check_writable(out: Path) -> None:
@@ -218,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except TmsTargetError:
             kind = None  # neither: the workflow reports what is wrong, as before
         if kind == "raw-bids":
-            stage1_line = raw_bids_stage(src, out, cfg)
+            stage1_line, stage1_dir = raw_bids_stage(src, out, cfg)
         _check_writable(out)
     except TmsTargetError as exc:
         print(f"tmstarget ERROR: {exc}", file=sys.stderr)
@@ -226,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = {"fmriprep_dir": str(src), "output_dir": str(out)}
     if stage1_line is not None:  # raw BIDS: stage 2 reads stage 1's fMRIPrep output
         overrides["bids_dir"] = str(src)
-        overrides["fmriprep_dir"] = str(out / FMRIPREP_SUBDIR)
+        overrides["fmriprep_dir"] = str(stage1_dir)
     elif kind == "fmriprep":
         print(f"[tmstarget] {src}: fMRIPrep derivatives found; no preprocessing needed",
               file=sys.stderr, flush=True)
@@ -255,13 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage1[stage1.index("--snakefile") + 1] = str(WORKFLOW_ROOT / "workflow" / "fmriprep.smk")
     rc1 = subprocess.call(stage1, env=env)
     if any(a in ("-n", "--dry-run", "--dryrun") for a in extra):
-        print("[tmstarget] dry run: the targets stage is planned once fMRIPrep has run",
+        print("[tmstarget] dry run: the targets stage is planned once preprocessing has run",
               file=sys.stderr, flush=True)
         return rc1
-    if rc1 != 0 and (args.stop_on_error or not (out / FMRIPREP_SUBDIR).is_dir()):
+    if rc1 != 0 and (args.stop_on_error or not stage1_dir.is_dir()):
         return rc1
-    print(f"[tmstarget] stage 2: targets from {out / FMRIPREP_SUBDIR}", file=sys.stderr,
-          flush=True)
+    print(f"[tmstarget] stage 2: targets from {stage1_dir}", file=sys.stderr, flush=True)
     rc2 = subprocess.call(cmd, env=env)
     return rc1 or rc2
 

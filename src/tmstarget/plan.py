@@ -86,9 +86,11 @@ def check_paths(fmriprep_dir: str | Path, output_dir: str | Path) -> tuple[Path,
         raise ConfigError(out, f"the output folder is inside the input dataset {src}; tmstarget "
                           "never writes into its input.", "Choose an output folder outside "
                           "the fMRIPrep derivatives (e.g. a sibling folder).")
-    # the one exception: fMRIPrep run by tmstarget itself from raw BIDS (stage 1) writes
-    # OUTPUT_DIR/sourcedata/fmriprep, which the main workflow then reads (never writes)
-    if out in src.parents and src != out / "sourcedata" / "fmriprep":
+    # the one exception: stage 1 run by tmstarget itself from raw BIDS (fMRIPrep or the
+    # built-in path) writes OUTPUT_DIR/sourcedata/{fmriprep,builtin}, which the main workflow
+    # then reads (never writes)
+    if out in src.parents and src not in (out / "sourcedata" / "fmriprep",
+                                          out / "sourcedata" / "builtin"):
         raise ConfigError(out, f"the input dataset {src} is inside the output folder.",
                           "Choose an output folder that does not contain the input.")
     return src, out

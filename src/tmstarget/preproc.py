@@ -500,3 +500,50 @@ def _quote(arg: str) -> str:
     import shlex
 
     return shlex.quote(arg)
+
+
+#: Where the built-in (ANTsPy) path writes, relative to tmstarget's output folder.
+BUILTIN_SUBDIR = Path("sourcedata") / "builtin"
+#: Its per-participant completion markers.
+BUILTIN_WORK_SUBDIR = Path("work") / "builtin"
+
+
+def resolve_method(pre: Mapping[str, Any] | None) -> str:
+    """Which preprocessing a raw BIDS input gets: ``"fmriprep"`` or ``"builtin"``.
+
+    ``preprocessing.method: auto`` (the default) means fMRIPrep when
+    ``preprocessing.fmriprep_image`` is set, else the built-in ANTsPy path.
+
+    Raises
+    ------
+    ConfigError
+        ``method: fmriprep`` without an image, or the built-in path without ANTsPy installed.
+    """
+    pre = dict(pre or {})
+    method = str(pre.get("method") or "auto")
+    if method not in ("auto", "fmriprep", "builtin"):
+        raise ConfigError(None, f"preprocessing.method is '{method}'.",
+                          "Use auto, fmriprep or builtin.")
+    if method == "auto":
+        method = "fmriprep" if pre.get("fmriprep_image") else "builtin"
+    if method == "fmriprep" and not pre.get("fmriprep_image"):
+        raise ConfigError(None, "preprocessing.method is fmriprep but "
+                          "preprocessing.fmriprep_image is not set.",
+                          "Set preprocessing.fmriprep_image to an fMRIPrep Apptainer/"
+                          "Singularity image, or use method: builtin.")
+    if method == "builtin":
+        from .builtin import builtin_available
+
+        if not builtin_available():
+            raise ConfigError(None, "this is a raw BIDS dataset and the built-in preprocessing "
+                              "needs ANTsPy, which is not installed (and "
+                              "preprocessing.fmriprep_image is not set).",
+                              "Install it with: pip install 'tmstarget[preproc]' — or set "
+                              "preprocessing.fmriprep_image to run fMRIPrep in its container, "
+                              "or run fMRIPrep yourself and point tmstarget at its output.")
+    return method
+
+
+def stage1_output_subdir(method: str) -> Path:
+    """Folder (relative to the output folder) holding stage 1's derivatives."""
+    return BUILTIN_SUBDIR if method == "builtin" else FMRIPREP_SUBDIR

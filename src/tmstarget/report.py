@@ -158,6 +158,60 @@ def input_is_simulated(fmriprep_dir: str | Path | None) -> tuple[bool, str]:
     return ("simulated" in text or "synthetic" in text), str(d.get("Name", ""))
 
 
+def preprocessing_section(fmriprep_dir: str | Path | None, participant_id: str,
+                          session_id: str | None) -> dict[str, Any]:
+    """Which preprocessing produced the inputs, and the built-in path's QC for this unit.
+
+    Parameters
+    ----------
+    fmriprep_dir : path or None
+        The main workflow's input derivatives folder.
+    participant_id, session_id : str
+        ``sub-X`` and ``ses-Y`` (or None).
+
+    Returns
+    -------
+    dict
+        ``method`` (``builtin``, ``fmriprep`` or ``other``), ``generated_by``, ``limits``,
+        ``runs`` (built-in QC per run) and ``figures`` (name -> base64 PNG, built-in only).
+    """
+    from .builtin import GENERATOR_NAME, LIMITS
+
+    out: dict[str, Any] = {"method": "other", "generated_by": [], "limits": None, "runs": [],
+                           "figures": {}}
+    if not fmriprep_dir:
+        return out
+    root = Path(fmriprep_dir)
+    d = _load_json(root / "dataset_description.json") or {}
+    gen = d.get("GeneratedBy") if isinstance(d.get("GeneratedBy"), list) else []
+    names = [f"{g.get('Name', '')} {g.get('Version', '')}".strip() for g in gen
+             if isinstance(g, dict)]
+    out["generated_by"] = names
+    if any(n.startswith(GENERATOR_NAME) for n in names):
+        out["method"], out["limits"] = "builtin", LIMITS
+    elif any("fmriprep" in n.lower() for n in names):
+        out["method"] = "fmriprep"
+        return out
+    else:
+        return out
+    sub = root / participant_id
+    norm = sub / "figures" / f"{participant_id}_space-{MNI_SPACE}_desc-normalization_T1w.png"
+    if norm.is_file():
+        out["figures"]["normalization"] = base64.b64encode(norm.read_bytes()).decode("ascii")
+    func = (sub / session_id if session_id else sub) / "func"
+    for i, qc_file in enumerate(sorted(func.glob("*_desc-builtin_qc.json"))):
+        stem = qc_file.name[: -len("_desc-builtin_qc.json")]
+        qc = _load_json(qc_file) or {}
+        out["runs"].append({"run": stem, **{k: qc.get(k) for k in (
+            "n_volumes", "n_non_steady_state", "mean_fd_mm", "max_fd_mm",
+            "max_translation_mm", "max_rotation_deg", "template_brain_coverage")}})
+        for kind in ("coreg", "motion"):
+            png = sub / "figures" / f"{stem}_desc-{kind}_bold.png"
+            if png.is_file():
+                out["figures"][f"{kind}_{i}"] = base64.b64encode(png.read_bytes()).decode("ascii")
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # figures
 # --------------------------------------------------------------------------------------------
@@ -544,6 +598,7 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
     reliability = _read_reliability(targets_tsv, pid, sid)
     rel_by_method = {r["method"]: r for r in reliability}
     simulated, input_name = input_is_simulated(cfg.get("fmriprep_dir"))
+    preproc = preprocessing_section(cfg.get("fmriprep_dir"), pid, sid)
 
     rimg = nb.load(rmap_path)
     region = nb.load(region_path)
@@ -690,11 +745,12 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
         "reference_sites": refs,
         "headers": headers,
         "native": native_sec,
+        "preprocessing": {k: v for k, v in preproc.items() if k != "figures"},
         "figures": sorted(figs),
     }
     env = _env()
     html = env.get_template("subject_report.html.j2").render(
-        d=data, figs=figs, config_yaml=yaml.safe_dump(data["config"], sort_keys=False),
+        d=data, figs=figs, preproc_figs=preproc["figures"], config_yaml=yaml.safe_dump(data["config"], sort_keys=False),
         colours={m: _colour(m, i) for i, m in enumerate(targets)})
     write_text(out_html, html)
     write_json(out_json, data)
@@ -735,10 +791,14 @@ def cohort_report_step(report_jsons: Sequence[str | Path], output_root: str | Pa
     rows, markers = [], {}
     within: dict[str, list[float]] = {}
     simulated = False
+    builtin_limits = None
     units = []
     for i, (pj, ph) in enumerate(zip(report_jsons, htmls, strict=True)):
         d = json.loads(Path(pj).read_text(encoding="utf-8"))
         simulated = simulated or bool(d.get("simulated"))
+        pre = d.get("preprocessing") or {}
+        if pre.get("method") == "builtin":
+            builtin_limits = pre.get("limits")
         unit = unit_stem(d["participant_id"], d.get("session_id"))
         link = os.path.relpath(str(ph), str(out_dir))
         units.append({"unit": unit, "link": link, "n_warnings": len(d.get("warnings", []))})
@@ -787,6 +847,7 @@ def cohort_report_step(report_jsons: Sequence[str | Path], output_root: str | Pa
     data = {"generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "software_version": __version__, "research_use": RESEARCH_USE,
             "orientation": ORIENTATION, "simulated": simulated, "space": MNI_SPACE,
+            "builtin_preprocessing": builtin_limits,
             "rows": rows, "units": units, "methods": methods,
             "within_mm": within, "between_mm": between,
             "summary": summary.get("methods") if summary else None,

@@ -1,4 +1,5 @@
-# The fmriprep rule (stage 1, raw BIDS input): see workflow/fmriprep.smk and tmstarget.preproc.
+# Stage 1 (raw BIDS input): the fmriprep rule (container) or the builtin_preproc rule (ANTsPy),
+# chosen by preprocessing.method; see workflow/fmriprep.smk, tmstarget.preproc, tmstarget.builtin.
 import os
 import re
 import sys
@@ -11,7 +12,8 @@ sys.path.insert(0, os.path.join(_REPO, "src"))
 
 from tmstarget.errors import TmsTargetError  # noqa: E402
 from tmstarget.preproc import FMRIPREP_SUBDIR, FMRIPREP_WORK_SUBDIR  # noqa: E402
-from tmstarget.preproc import raw_bids_participants  # noqa: E402
+from tmstarget.preproc import BUILTIN_SUBDIR, BUILTIN_WORK_SUBDIR  # noqa: E402
+from tmstarget.preproc import raw_bids_participants, resolve_method  # noqa: E402
 
 validate(config, os.path.join(_REPO, "workflow", "schemas", "config.schema.yaml"))
 
@@ -25,15 +27,17 @@ def _fail_stage1(message):
 if not config.get("bids_dir"):
     _fail_stage1("bids_dir is not set: the fMRIPrep stage needs the raw BIDS dataset. What to "
                  "do: set bids_dir in your config (or use the tmstarget command).")
-if not config["preprocessing"].get("fmriprep_image"):
-    _fail_stage1("preprocessing.fmriprep_image is not set. What to do: set it to an fMRIPrep "
-                 "Apptainer/Singularity image, or run fMRIPrep yourself and point tmstarget "
-                 "at its output folder.")
+try:
+    METHOD = resolve_method(config["preprocessing"])
+except TmsTargetError as _exc:
+    _fail_stage1(_exc)
 
 BIDS_DIR = os.path.abspath(os.path.expanduser(config["bids_dir"]))
 STAGE1_OUT = os.path.abspath(os.path.expanduser(config["output_dir"]))
 FMRIPREP_OUT = os.path.join(STAGE1_OUT, str(FMRIPREP_SUBDIR))
 FMRIPREP_WORK = os.path.join(STAGE1_OUT, str(FMRIPREP_WORK_SUBDIR))
+BUILTIN_OUT = os.path.join(STAGE1_OUT, str(BUILTIN_SUBDIR))
+BUILTIN_WORK = os.path.join(STAGE1_OUT, str(BUILTIN_WORK_SUBDIR))
 
 try:
     FMRIPREP_PARTICIPANTS, _fmriprep_skipped = raw_bids_participants(
@@ -49,7 +53,52 @@ if not FMRIPREP_PARTICIPANTS:
 
 
 def get_fmriprep_outputs():
-    return [f"{FMRIPREP_WORK}/sub-{p}.done" for p in FMRIPREP_PARTICIPANTS]
+    """Stage 1's per-participant completion markers (fMRIPrep or built-in)."""
+    work = BUILTIN_WORK if METHOD == "builtin" else FMRIPREP_WORK
+    return [f"{work}/sub-{p}.done" for p in FMRIPREP_PARTICIPANTS]
+
+
+def _raw_bold_volumes(participant):
+    """Total volumes x voxels of a participant's raw task BOLD runs (from the headers)."""
+    import glob
+
+    import nibabel as nb
+
+    total_vols = 0
+    pattern = f"sub-{participant}*_task-{config['task']}_*bold.nii*"
+    for f in glob.glob(os.path.join(BIDS_DIR, f"sub-{participant}", "**", pattern),
+                       recursive=True):
+        try:
+            shape = nb.load(f).shape
+            total_vols = max(total_vols, int(shape[3]) if len(shape) > 3 else 1)
+        except Exception:
+            continue
+    return total_vols
+
+
+def builtin_inputs(wildcards):
+    """The participant's raw T1w and task BOLD files (+ sidecars): a change re-runs stage 1."""
+    import glob
+
+    sub = os.path.join(BIDS_DIR, f"sub-{wildcards.participant}")
+    pats = ["anat/*_T1w.nii*", "ses-*/anat/*_T1w.nii*",
+            f"func/*_task-{config['task']}_*bold.*", f"ses-*/func/*_task-{config['task']}_*bold.*"]
+    return sorted(f for pat in pats for f in glob.glob(os.path.join(sub, pat)))
+
+
+def builtin_mem(wildcards, attempt):
+    """MB for one participant: SyN (~2 GB) plus the largest run on the 2 mm MNI grid.
+
+    Peak (benchmarks/bench_builtin.py): the 2 mm MNI float32 series is held ~3 times
+    (resampled values, output volume, float64 confound matrix of the brain voxels)."""
+    vols = _raw_bold_volumes(wildcards.participant)
+    return int(min(max(3000, 2500 + vols * 1.08e6 * 4 * 3 / 1e6), 128000) * attempt)
+
+
+def builtin_runtime(wildcards, attempt):
+    """Minutes: registration (~5 min) + ~1 s per volume, generous; grows with retries."""
+    vols = _raw_bold_volumes(wildcards.participant)
+    return int((20 + vols * 3 / 60) * attempt)
 
 
 def fmriprep_runtime(wildcards, attempt):
@@ -57,23 +106,48 @@ def fmriprep_runtime(wildcards, attempt):
     return (480 if config["preprocessing"]["fs_no_reconall"] else 1440) * attempt
 
 
-rule fmriprep:
-    input:
-        image=config["preprocessing"]["fmriprep_image"],
-    output:
-        done=f"{FMRIPREP_WORK}/sub-{{participant}}.done",
-        subject=directory(f"{FMRIPREP_OUT}/sub-{{participant}}"),
-    params:
-        bids_dir=BIDS_DIR,
-        output_dir=FMRIPREP_OUT,
-        work_dir=lambda wc: f"{FMRIPREP_WORK}/sub-{wc.participant}",
-    wildcard_constraints:
-        participant="|".join(re.escape(p) for p in FMRIPREP_PARTICIPANTS),
-    log:
-        f"{STAGE1_OUT}/logs/fmriprep/sub-{{participant}}.log",
-    threads: 8
-    resources:
-        mem_mb=lambda wc, attempt: 16000 * attempt,
-        runtime=fmriprep_runtime,
-    script:
-        os.path.join(_REPO, "scripts", "fmriprep.py")
+if METHOD == "fmriprep":
+
+    rule fmriprep:
+        input:
+            image=config["preprocessing"]["fmriprep_image"],
+        output:
+            done=f"{FMRIPREP_WORK}/sub-{{participant}}.done",
+            subject=directory(f"{FMRIPREP_OUT}/sub-{{participant}}"),
+        params:
+            bids_dir=BIDS_DIR,
+            output_dir=FMRIPREP_OUT,
+            work_dir=lambda wc: f"{FMRIPREP_WORK}/sub-{wc.participant}",
+        wildcard_constraints:
+            participant="|".join(re.escape(p) for p in FMRIPREP_PARTICIPANTS),
+        log:
+            f"{STAGE1_OUT}/logs/fmriprep/sub-{{participant}}.log",
+        threads: 8
+        resources:
+            mem_mb=lambda wc, attempt: 16000 * attempt,
+            runtime=fmriprep_runtime,
+        script:
+            os.path.join(_REPO, "scripts", "fmriprep.py")
+
+
+if METHOD == "builtin":
+
+    rule builtin_preproc:
+        input:
+            builtin_inputs,
+        output:
+            done=f"{BUILTIN_WORK}/sub-{{participant}}.done",
+            subject=directory(f"{BUILTIN_OUT}/sub-{{participant}}"),
+        params:
+            bids_dir=BIDS_DIR,
+            output_dir=BUILTIN_OUT,
+        wildcard_constraints:
+            participant="|".join(re.escape(p) for p in FMRIPREP_PARTICIPANTS),
+        log:
+            f"{STAGE1_OUT}/logs/builtin/sub-{{participant}}.log",
+        threads: 2
+        resources:
+            mem_mb=builtin_mem,
+            runtime=builtin_runtime,
+        script:
+            os.path.join(_REPO, "scripts", "builtin_preproc.py")

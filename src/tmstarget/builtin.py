@@ -1,0 +1,767 @@
+"""Built-in preprocessing (no containers): raw BIDS -> an fMRIPrep-like derivatives tree.
+
+For sites without fMRIPrep. Uses ANTsPy (``pip install 'tmstarget[preproc]'``) for every
+registration, and writes the files the rest of tmstarget reads from fMRIPrep, with fMRIPrep's
+names, into ``OUTPUT_DIR/sourcedata/builtin``:
+
+``anat/``
+    ``sub-X_desc-preproc_T1w`` (N4 bias-corrected), ``sub-X_desc-brain_mask``,
+    ``sub-X_label-{GM,WM,CSF}_probseg``, and the ITK composite transforms
+    ``sub-X_from-T1w_to-MNI152NLin2009cAsym_mode-image_xfm.h5`` /
+    ``sub-X_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5`` written by ANTs itself
+    (the same kind of file fMRIPrep writes).
+``func/``
+    per run: ``..._space-MNI152NLin2009cAsym_res-2_desc-preproc_bold`` (+ JSON),
+    ``..._space-MNI152NLin2009cAsym_res-2_desc-brain_mask``, ``..._space-..._res-2_boldref``,
+    ``..._desc-confounds_timeseries.tsv`` + ``.json`` (fMRIPrep column names, see
+    :mod:`tmstarget.confounds`), ``..._from-boldref_to-T1w_mode-image_desc-coreg_xfm.txt``,
+    ``..._desc-hmc_motion.tsv`` and a ``..._desc-builtin_qc.json``.
+``figures/``
+    QC images: T1w on the template, BOLD reference on the T1w, motion traces.
+
+Steps: dummy-volume detection (fMRIPrep/nipype rule: leading global-signal outliers among the
+first 50 volumes); rigid head-motion correction of each volume to a BOLD reference (median
+of the first steady volumes) on a grid no finer than ``motion_resolution_mm`` (the estimated
+transforms are in world mm, so they apply at full resolution); rigid BOLD -> T1w
+coregistration (mutual information); T1w N4, brain extraction by template registration and
+three-class segmentation; T1w -> MNI152NLin2009cAsym affine + SyN normalisation; one
+interpolation (cubic B-spline) from each original volume to the 2 mm MNI grid through motion,
+coregistration and normalisation composed.
+
+Known limits (also stated in every report): no susceptibility-distortion correction, no
+slice-timing correction, no boundary-based registration, a coarser normalisation than
+fMRIPrep's (registration grid ``registration_resolution_mm``, default 2 mm), confounds
+computed in MNI space.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+from scipy.spatial.transform import Rotation
+
+from . import __version__
+from .confounds import compute_confounds, write_confounds
+from .errors import ConfigError, InputError
+from .io import write_json
+
+__all__ = [
+    "BUILTIN_SUBDIR", "MOTION_COLUMNS", "SPACE", "builtin_available", "detect_dummy_volumes",
+    "motion_parameters", "preprocess_participant",
+]
+
+#: Where the built-in path writes, relative to tmstarget's output folder.
+BUILTIN_SUBDIR = Path("sourcedata") / "builtin"
+#: Name in ``GeneratedBy`` (the report looks for it to label the built-in path).
+GENERATOR_NAME = "tmstarget-builtin-preproc"
+SPACE = "MNI152NLin2009cAsym"
+MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+#: Stated in the dataset description, the BOLD sidecars and every report.
+LIMITS = ("built-in preprocessing (ANTsPy): no susceptibility-distortion correction, no "
+          "slice-timing correction, rigid mutual-information BOLD-to-T1w coregistration (no "
+          "boundary-based registration), SyN normalisation on a coarser grid than fMRIPrep's, "
+          "confounds computed in MNI space")
+
+DEFAULTS: dict[str, Any] = {
+    "dummy_scans": None,
+    "motion_resolution_mm": 4.0,
+    "registration_resolution_mm": 2.0,
+    "syn_iterations": [70, 50, 20],
+    "interpolation_order": 3,
+}
+
+
+#: Name of the stage running now (benchmarks/bench_builtin.py samples memory per stage).
+CURRENT_STAGE: str = ""
+
+
+def _begin(stage: str) -> float:
+    """Publish the stage starting now in :data:`CURRENT_STAGE`; its start time."""
+    global CURRENT_STAGE
+    CURRENT_STAGE = stage
+    return time.perf_counter()
+
+
+def _data_file(name: str) -> Path:
+    return Path(str(resources.files("tmstarget") / "data" / name))
+
+
+def builtin_available() -> bool:
+    """True when ANTsPy (``antspyx``) can be imported."""
+    try:
+        import ants  # noqa: F401
+    except Exception:  # pragma: no cover - depends on the install
+        return False
+    return True
+
+
+def _ants():
+    try:
+        import ants
+    except Exception as exc:  # pragma: no cover - depends on the install
+        raise ConfigError(
+            None, f"the built-in preprocessing needs ANTsPy, which is not installed ({exc}).",
+            "pip install 'tmstarget[preproc]' (or set preprocessing.fmriprep_image to use "
+            "fMRIPrep instead).") from None
+    return ants
+
+
+# --------------------------------------------------------------------------- pure helpers
+def detect_dummy_volumes(data: np.ndarray, mask: np.ndarray | None = None,
+                         thresh: float = 3.5, max_volumes: int = 50) -> int:
+    """Number of leading non-steady-state volumes (fMRIPrep/nipype ``is_outlier`` rule).
+
+    The global signal of the first ``max_volumes`` volumes is scored with the modified
+    z-score ``0.6745 (x - median) / MAD``; leading volumes scoring above ``thresh`` count.
+
+    Parameters
+    ----------
+    data : numpy.ndarray, shape (X, Y, Z, T)
+    mask : numpy.ndarray of bool, shape (X, Y, Z), optional
+        Voxels of the global signal (default: all voxels).
+    thresh : float
+    max_volumes : int
+
+    Returns
+    -------
+    int
+    """
+    n = min(max_volumes, data.shape[-1])
+    block = np.asarray(data[..., :n], dtype=np.float64)
+    gs = block[mask].mean(axis=0) if mask is not None else block.reshape(-1, n).mean(axis=0)
+    med = np.median(gs)
+    mad = np.median(np.abs(gs - med))
+    if mad == 0:
+        return 0
+    z = 0.6745 * (gs - med) / mad
+    count = 0
+    for value in z:
+        if value <= thresh:
+            break
+        count += 1
+    return count
+
+
+def motion_parameters(mats: np.ndarray, centre_mm: Sequence[float]) -> np.ndarray:
+    """Six rigid parameters of reference -> volume point maps, about a centre.
+
+    Parameters
+    ----------
+    mats : numpy.ndarray, shape (T, 4, 4)
+        RAS+ point maps ``p_volume = M p_reference``.
+    centre_mm : sequence of 3 float
+        Centre of the brain (RAS+ mm); translations are its displacement.
+
+    Returns
+    -------
+    numpy.ndarray, shape (T, 6)
+        ``trans_x/y/z`` (mm) and ``rot_x/y/z`` (rad, extrinsic x-y-z Euler angles), the
+        head motion ``M``; :func:`tmstarget.simulate_raw.motion_matrices` is its inverse.
+    """
+    mats = np.asarray(mats, dtype=float)
+    c = np.asarray(centre_mm, dtype=float)
+    rot = Rotation.from_matrix(mats[:, :3, :3]).as_euler("xyz")
+    trans = np.einsum("tij,j->ti", mats[:, :3, :3], c) + mats[:, :3, 3] - c
+    return np.column_stack([trans, rot])
+
+
+def _ras_from_ants(tx: Any) -> np.ndarray:
+    """RAS 4x4 point map (fixed -> moving) of an ANTs linear transform."""
+    from .itk import ras_from_itk_parameters
+
+    return ras_from_itk_parameters(np.asarray(tx.parameters), np.asarray(tx.fixed_parameters))
+
+
+def _to_ants(img: nib.Nifti1Image, data: np.ndarray | None = None):
+    """ANTs image from a nibabel image (LPS physical frame, same world)."""
+    ants = _ants()
+    arr = np.asarray(img.dataobj if data is None else data, dtype=np.float32)
+    aff = img.affine
+    zooms = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    direction = aff[:3, :3] / zooms
+    lps = np.diag([-1.0, -1.0, 1.0])
+    return ants.from_numpy(arr, origin=tuple(lps @ aff[:3, 3]), spacing=tuple(zooms),
+                           direction=lps @ direction)
+
+
+def _from_ants(img: Any) -> nib.Nifti1Image:
+    """nibabel image (RAS affine) from an ANTs image."""
+    lps = np.diag([-1.0, -1.0, 1.0])
+    aff = np.eye(4)
+    aff[:3, :3] = lps @ np.asarray(img.direction) @ np.diag(img.spacing)
+    aff[:3, 3] = lps @ np.asarray(img.origin)
+    return nib.Nifti1Image(img.numpy(), aff)
+
+
+def _save(img: nib.Nifti1Image, path: Path, dtype: Any = np.float32, code: int = 1,
+          tr: float | None = None) -> Path:
+    img = nib.Nifti1Image(np.asarray(img.dataobj).astype(dtype), img.affine)
+    img.header.set_data_dtype(dtype)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(img.affine, code=code)
+    img.set_sform(img.affine, code=code)
+    if tr is not None:
+        img.header.set_zooms((*img.header.get_zooms()[:3], float(tr)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.nii.gz")
+    try:
+        nib.save(img, str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- anatomy
+@dataclass
+class AnatResult:
+    """Outputs of :func:`anatomical_workflow` (paths in the derivatives tree)."""
+
+    t1w: Path
+    brain_mask: Path
+    probseg: dict[str, Path]
+    to_mni: Path  # from-T1w_to-MNI (pull: MNI points -> T1w points)
+    from_mni: Path  # from-MNI_to-T1w (pull: T1w points -> MNI points)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def anatomical_workflow(t1w_path: Path, anat_dir: Path, label: str, work: Path,
+                        settings: Mapping[str, Any], threads: int = 1) -> AnatResult:
+    """N4, template-based brain extraction, tissue classes and normalisation of one T1w.
+
+    Parameters
+    ----------
+    t1w_path : Path
+        Raw T1w image.
+    anat_dir : Path
+        Output ``anat/`` folder.
+    label : str
+        Participant label.
+    work : Path
+        Scratch folder for ANTs transform files.
+    settings : mapping
+        Built-in settings (:data:`DEFAULTS` keys).
+    threads : int
+
+    Returns
+    -------
+    AnatResult
+    """
+    ants = _ants()
+    timings: dict[str, float] = {}
+    t0 = _begin("t1w_n4")
+    raw = nib.load(str(t1w_path))
+    if raw.ndim != 3:
+        raise InputError(t1w_path, f"the T1w image has {raw.ndim} dimensions; a 3D image is "
+                         "needed.", "Use a single 3D T1w image.")
+    t1 = _to_ants(raw)
+    n4 = ants.n4_bias_field_correction(t1, shrink_factor=4)
+    timings["t1w_n4_s"] = time.perf_counter() - t0
+
+    # 1) whole-head affine to the low-resolution whole-head template
+    t0 = _begin("t1w_affine")
+    head_tpl = ants.image_read(str(_data_file("tpl-MNI152NLin2009cAsym_res-02_T1w_reference.nii.gz")))
+    brain_tpl = ants.image_read(str(_data_file("tpl-MNI152NLin2009cAsym_res-01_desc-brain_T1w.nii.gz")))
+    tpl_mask = ants.image_read(str(_data_file("tpl-MNI152NLin2009cAsym_res-01_desc-brain_mask.nii.gz")))
+    n4_lo = ants.resample_image(n4, (3.0, 3.0, 3.0), use_voxels=False, interp_type=0)
+    aff = ants.registration(head_tpl, n4_lo, type_of_transform="Affine",
+                            outprefix=str(work / "t1w_head_"))
+    init_mask = ants.apply_transforms(n4, tpl_mask, aff["fwdtransforms"], whichtoinvert=[True],
+                                      interpolator="nearestNeighbor")
+    init_mask = ants.iMath(init_mask, "MD", 4)
+    timings["t1w_affine_s"] = time.perf_counter() - t0
+
+    # 2) SyN of the (loosely) skull-stripped T1w to the brain template
+    t0 = _begin("t1w_syn")
+    res = float(settings["registration_resolution_mm"])
+    fixed = ants.resample_image(brain_tpl, (res,) * 3, use_voxels=False, interp_type=0)
+    moving = ants.resample_image(n4 * init_mask, (res,) * 3, use_voxels=False, interp_type=0)
+    syn = ants.registration(fixed, moving, type_of_transform="SyN",
+                            initial_transform=aff["fwdtransforms"][0],
+                            reg_iterations=tuple(int(i) for i in settings["syn_iterations"]),
+                            write_composite_transform=True, outprefix=str(work / "t1w_mni_"))
+    timings["t1w_syn_s"] = time.perf_counter() - t0
+
+    t0 = _begin("t1w_brain_seg")
+    inv_comp = str(work / "t1w_mni_InverseComposite.h5")
+    brain = ants.apply_transforms(n4, tpl_mask, [inv_comp], interpolator="nearestNeighbor")
+    brain = ants.iMath(ants.iMath(brain, "MC", 1), "FillHoles")
+    seg = ants.kmeans_segmentation(ants.iMath(n4, "Normalize") * brain, k=3, kmask=brain)
+    probs = dict(zip(("CSF", "GM", "WM"), seg["probabilityimages"], strict=True))
+    timings["t1w_brain_seg_s"] = time.perf_counter() - t0
+
+    anat_dir.mkdir(parents=True, exist_ok=True)
+    out = AnatResult(
+        t1w=_save(_from_ants(n4), anat_dir / f"sub-{label}_desc-preproc_T1w.nii.gz"),
+        brain_mask=_save(_from_ants(brain), anat_dir / f"sub-{label}_desc-brain_mask.nii.gz",
+                         dtype=np.uint8),
+        probseg={k: _save(_from_ants(v), anat_dir / f"sub-{label}_label-{k}_probseg.nii.gz")
+                 for k, v in probs.items()},
+        to_mni=anat_dir / f"sub-{label}_from-T1w_to-{SPACE}_mode-image_xfm.h5",
+        from_mni=anat_dir / f"sub-{label}_from-{SPACE}_to-T1w_mode-image_xfm.h5",
+        timings=timings)
+    shutil.copyfile(work / "t1w_mni_Composite.h5", out.to_mni)
+    shutil.copyfile(inv_comp, out.from_mni)
+    _ = syn
+    return out
+
+
+# --------------------------------------------------------------------------- function
+@dataclass
+class RunResult:
+    """What :func:`functional_workflow` measured for one run."""
+
+    n_dummy: int
+    motion: np.ndarray
+    timings: dict[str, float]
+    files: dict[str, str]
+    qc: dict[str, Any]
+
+
+def _bold_reference(vols: np.ndarray, n_dummy: int, n_ref: int = 20) -> np.ndarray:
+    """Temporal median of the first steady volumes."""
+    start = min(n_dummy, vols.shape[-1] - 1)
+    return np.median(vols[..., start:start + n_ref], axis=-1).astype(np.float32)
+
+
+def _motion_correct(bold_img: nib.Nifti1Image, data: np.ndarray, ref: np.ndarray,
+                    resolution_mm: float) -> np.ndarray:
+    """Reference -> volume rigid point maps (T, 4, 4) RAS, one ANTs registration per volume."""
+    ants = _ants()
+    zooms = np.asarray(bold_img.header.get_zooms()[:3], dtype=float)
+    target = tuple(np.maximum(zooms, resolution_mm))
+
+    def prep(arr: np.ndarray):
+        im = _to_ants(bold_img.slicer[..., 0] if bold_img.ndim == 4 else bold_img, arr)
+        if np.any(np.asarray(target) > zooms + 1e-6):
+            im = ants.resample_image(im, target, use_voxels=False, interp_type=0)
+        return im
+
+    fixed = prep(ref)
+    mats = np.zeros((data.shape[-1], 4, 4))
+    with tempfile.TemporaryDirectory(prefix="tmstarget-hmc-") as tmp:
+        for t in range(data.shape[-1]):
+            reg = ants.registration(fixed, prep(data[..., t]), type_of_transform="Rigid",
+                                    aff_metric="meansquares", aff_iterations=(50, 20),
+                                    aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0),
+                                    outprefix=os.path.join(tmp, f"v{t:05d}_"))
+            mats[t] = _ras_from_ants(ants.read_transform(reg["fwdtransforms"][0]))
+            for f in reg["fwdtransforms"] + reg["invtransforms"]:
+                if os.path.exists(f):
+                    os.remove(f)
+    return mats
+
+
+def _coregister(ref_img: nib.Nifti1Image, anat: AnatResult, work: Path) -> np.ndarray:
+    """T1w -> boldref rigid point map (RAS 4x4), mutual information on the brain."""
+    ants = _ants()
+    t1 = ants.image_read(str(anat.t1w))
+    brain = ants.image_read(str(anat.brain_mask))
+    fixed = t1 * brain
+    moving = _to_ants(ref_img)
+    reg = ants.registration(fixed, moving, type_of_transform="Rigid", aff_metric="mattes",
+                            outprefix=str(work / "coreg_"))
+    return _ras_from_ants(ants.read_transform(reg["fwdtransforms"][0]))
+
+
+def _mni_grid() -> tuple[np.ndarray, np.ndarray]:
+    img = nib.load(str(_data_file("tpl-MNI152NLin2009cAsym_res-02_desc-brain_mask.nii.gz")))
+    return np.asarray(img.dataobj) > 0.5, img.affine
+
+
+def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem: str,
+                        work: Path, settings: Mapping[str, Any],
+                        tr_hint: float | None = None) -> RunResult:
+    """Motion correction, coregistration, one-step resampling to MNI and confounds of one run.
+
+    Parameters
+    ----------
+    bold_path : Path
+        Raw BOLD image (4D).
+    anat : AnatResult
+    func_dir : Path
+        Output ``func/`` folder.
+    stem : str
+        BIDS stem of the run (``sub-X[_ses-Y]_task-Z[_run-N]``).
+    work : Path
+        Scratch folder.
+    settings : mapping
+        Built-in settings (:data:`DEFAULTS` keys).
+    tr_hint : float, optional
+        RepetitionTime from the sidecar.
+
+    Returns
+    -------
+    RunResult
+    """
+    from .native import load_point_transform
+
+    timings: dict[str, float] = {}
+    t0 = _begin("read")
+    img = nib.load(str(bold_path))
+    if img.ndim != 4 or img.shape[-1] < 10:
+        raise InputError(bold_path, f"the BOLD image must be 4D with at least 10 volumes "
+                         f"(shape {img.shape}).", "Check the file (was the run cut short?).")
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    tr = float(tr_hint) if tr_hint else float(img.header.get_zooms()[3])
+    if not np.isfinite(tr) or tr <= 0:
+        raise InputError(bold_path, "no RepetitionTime in the JSON sidecar and none in the "
+                         "header.", "Add RepetitionTime (seconds) to the BOLD JSON sidecar.")
+    n_t = data.shape[-1]
+    timings["read_s"] = time.perf_counter() - t0
+
+    t0 = _begin("reference")
+    mean = data.mean(axis=-1)
+    head = mean > 0.1 * np.percentile(mean[mean > 0], 98) if np.any(mean > 0) else mean > 0
+    n_dummy = (int(settings["dummy_scans"]) if settings.get("dummy_scans") is not None
+               else detect_dummy_volumes(data, head))
+    if n_dummy >= n_t - 10:
+        raise InputError(bold_path, f"{n_dummy} of {n_t} volumes are non-steady-state.",
+                         "Check the run, or set preprocessing.builtin.dummy_scans.")
+    ref = _bold_reference(data, n_dummy)
+    timings["reference_s"] = time.perf_counter() - t0
+
+    t0 = _begin("motion_correction")
+    mats = _motion_correct(img, data, ref, float(settings["motion_resolution_mm"]))
+    ref_img = nib.Nifti1Image(ref, img.affine)
+    ref_mask = ref > 0.1 * np.percentile(ref[ref > 0], 98)
+    ijk = np.argwhere(ref_mask).mean(axis=0)
+    centre = nib.affines.apply_affine(img.affine, ijk)
+    motion = motion_parameters(mats, centre)
+    timings["motion_correction_s"] = time.perf_counter() - t0
+
+    t0 = _begin("coregistration")
+    coreg = _coregister(ref_img, anat, work)  # T1w point -> boldref point
+    timings["coregistration_s"] = time.perf_counter() - t0
+
+    # one interpolation: MNI voxel -> T1w -> boldref -> volume t
+    t0 = _begin("resample")
+    tpl_mask, mni_aff = _mni_grid()
+    roi = ndi.binary_dilation(tpl_mask, iterations=3)
+    edge = np.zeros_like(roi)
+    edge[1:-1, 1:-1, 1:-1] = True
+    roi &= edge  # the displacement field is defined on this same grid: stay inside it
+    idx = np.argwhere(roi)
+    mni_pts = nib.affines.apply_affine(mni_aff, idx)
+    t1_pts = load_point_transform(anat.to_mni).map(mni_pts)
+    ref_pts = nib.affines.apply_affine(coreg, t1_pts)
+    inv_bold = np.linalg.inv(img.affine)
+    order = int(settings["interpolation_order"])
+    out = np.zeros((idx.shape[0], n_t), dtype=np.float32)
+    inside = np.ones(idx.shape[0], dtype=bool)
+    shape = np.asarray(img.shape[:3])
+    for t in range(n_t):
+        m = inv_bold @ mats[t]
+        vox = nib.affines.apply_affine(m, ref_pts)
+        inside &= np.all((vox >= -0.5) & (vox <= shape - 0.5), axis=1)
+        out[:, t] = ndi.map_coordinates(data[..., t], vox.T, order=order, mode="nearest",
+                                        prefilter=order > 1)
+    np.clip(out, 0, None, out=out)
+    timings["resample_s"] = time.perf_counter() - t0
+
+    # brain mask on the MNI grid: template brain, inside the field of view, with signal
+    t0 = _begin("confounds")
+    mean_mni = out.mean(axis=1)
+    in_tpl = tpl_mask[tuple(idx.T)]
+    level = np.percentile(mean_mni[in_tpl & inside], 50) if np.any(in_tpl & inside) else 0.0
+    keep = in_tpl & inside & (mean_mni > 0.2 * level)
+    if keep.sum() < 1000:
+        raise InputError(bold_path, f"only {int(keep.sum())} template-brain voxels received "
+                         "BOLD signal after registration; the BOLD-to-T1w or T1w-to-MNI "
+                         "registration probably failed.",
+                         "Look at the QC figures in sourcedata/builtin/.../figures, check the "
+                         "T1w and the BOLD (field of view, orientation), or use fMRIPrep.")
+    mask3d = np.zeros(tpl_mask.shape, dtype=np.uint8)
+    mask3d[tuple(idx[keep].T)] = 1
+    vol = np.zeros((*tpl_mask.shape, n_t), dtype=np.float32)
+    vol[tuple(idx.T)] = out
+
+    # tissue masks for the confounds, in MNI through the same map
+    def tissue(name: str) -> np.ndarray:
+        p = nib.load(str(anat.probseg[name]))
+        vox = nib.affines.apply_affine(np.linalg.inv(p.affine), t1_pts[keep])
+        return ndi.map_coordinates(np.asarray(p.dataobj, dtype=np.float32), vox.T, order=1)
+
+    wm_p, csf_p = tissue("WM"), tissue("CSF")
+    wm = _top(wm_p, 0.95, 20)
+    csf = _top(csf_p, 0.9, 20) & ~wm
+    series = out[keep].T.astype(np.float64)
+    df, meta = compute_confounds(series, wm, csf, motion, tr, n_dummy)
+    timings["confounds_s"] = time.perf_counter() - t0
+
+    t0 = _begin("write")
+    func_dir.mkdir(parents=True, exist_ok=True)
+    pre = f"{stem}_space-{SPACE}_res-2"
+    files = {
+        "bold": str(_save(nib.Nifti1Image(vol, mni_aff), func_dir / f"{pre}_desc-preproc_bold.nii.gz",
+                          code=4, tr=tr)),
+        "mask": str(_save(nib.Nifti1Image(mask3d, mni_aff), func_dir / f"{pre}_desc-brain_mask.nii.gz",
+                          dtype=np.uint8, code=4)),
+        "boldref": str(_save(nib.Nifti1Image(np.where(mask3d > 0, vol[..., n_dummy:].mean(-1), 0),
+                                             mni_aff), func_dir / f"{pre}_boldref.nii.gz", code=4)),
+    }
+    write_json(func_dir / f"{pre}_desc-preproc_bold.json", {
+        "RepetitionTime": tr, "SkullStripped": False, "TaskName": _entity(stem, "task"),
+        "Sources": [str(bold_path.name)], "NumberOfVolumesNonSteadyState": n_dummy,
+        "Description": f"tmstarget {LIMITS}"})
+    write_confounds(df, meta, func_dir / f"{stem}_desc-confounds_timeseries.tsv")
+    files["confounds"] = str(func_dir / f"{stem}_desc-confounds_timeseries.tsv")
+    from .itk import write_itk_txt_affine
+
+    coreg_file = func_dir / f"{stem}_from-boldref_to-T1w_mode-image_desc-coreg_xfm.txt"
+    write_itk_txt_affine(coreg_file, coreg)
+    files["coreg"] = str(coreg_file)
+    mot = pd.DataFrame(motion, columns=list(MOTION_COLUMNS))
+    mot["framewise_displacement"] = df["framewise_displacement"]
+    hmc = func_dir / f"{stem}_desc-hmc_motion.tsv"
+    hmc.write_text(mot.to_csv(sep="\t", index=False, na_rep="n/a", float_format="%.8g",
+                              lineterminator="\n"))
+    files["motion"] = str(hmc)
+    timings["write_s"] = time.perf_counter() - t0
+    fd = df["framewise_displacement"].to_numpy()
+    qc = {
+        "n_volumes": n_t, "n_non_steady_state": n_dummy, "tr": tr,
+        "mean_fd_mm": round(float(np.nanmean(fd[n_dummy + 1:])), 4),
+        "max_fd_mm": round(float(np.nanmax(fd[n_dummy + 1:])), 4),
+        "n_fd_above_0.5mm": int(np.sum(np.nan_to_num(fd[n_dummy:]) > 0.5)),
+        "max_translation_mm": round(float(np.abs(motion[n_dummy:, :3]).max()), 4),
+        "max_rotation_deg": round(float(np.rad2deg(np.abs(motion[n_dummy:, 3:]).max())), 4),
+        "brain_mask_voxels": int(keep.sum()),
+        "template_brain_coverage": round(float(keep.sum() / max(tpl_mask.sum(), 1)), 4),
+        "n_wm_voxels": int(wm.sum()), "n_csf_voxels": int(csf.sum()),
+        "motion_centre_mm": [round(float(v), 3) for v in centre],
+    }
+    return RunResult(n_dummy, motion, timings, files, qc)
+
+
+def _top(prob: np.ndarray, thr: float, minimum: int) -> np.ndarray:
+    """``prob >= thr``, or the ``minimum`` most probable voxels when fewer pass."""
+    sel = prob >= thr
+    if sel.sum() < minimum:
+        sel = np.zeros(prob.shape, dtype=bool)
+        sel[np.argsort(-prob, kind="stable")[:minimum]] = True
+    return sel
+
+
+def _entity(stem: str, key: str) -> str | None:
+    for part in stem.split("_"):
+        if part.startswith(f"{key}-"):
+            return part[len(key) + 1:]
+    return None
+
+
+# --------------------------------------------------------------------------- QC figures
+def qc_figures(anat: AnatResult, run_files: Mapping[str, Mapping[str, str]],
+               motions: Mapping[str, np.ndarray], fig_dir: Path, label: str) -> dict[str, str]:
+    """PNG QC figures: T1w on template, BOLD reference on T1w, motion traces.
+
+    Returns
+    -------
+    dict
+        Figure kind/run -> path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from nilearn import plotting
+
+    ants = _ants()
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    out: dict[str, str] = {}
+    tpl = ants.image_read(str(_data_file("tpl-MNI152NLin2009cAsym_res-01_desc-brain_T1w.nii.gz")))
+    tpl = ants.resample_image(tpl, (1.5, 1.5, 1.5), use_voxels=False, interp_type=0)
+    t1 = ants.image_read(str(anat.t1w))
+    warped = ants.apply_transforms(tpl, t1, [str(anat.to_mni)])
+    path = fig_dir / f"sub-{label}_space-{SPACE}_desc-normalization_T1w.png"
+    disp = plotting.plot_anat(_from_ants(warped), display_mode="ortho", cut_coords=(-38, 20, 30),
+                              title="T1w in MNI152NLin2009cAsym; red: template edges",
+                              draw_cross=False, annotate=True)
+    disp.add_edges(_from_ants(tpl), color="r")
+    disp.frame_axes.figure.savefig(str(path), dpi=80, metadata={"Software": None})
+    disp.close()
+    out["normalization"] = str(path)
+    t1_nib = nib.load(str(anat.t1w))
+    for stem, files in run_files.items():
+        from .itk import load_itk_affine
+
+        m = load_itk_affine(files["coreg"])  # T1w point -> boldref point
+        ref = nib.load(files["boldref_native"])
+        ijk = np.indices(t1_nib.shape).reshape(3, -1)
+        pts = nib.affines.apply_affine(m @ t1_nib.affine, ijk.T)
+        vox = nib.affines.apply_affine(np.linalg.inv(ref.affine), pts)
+        on_t1 = ndi.map_coordinates(np.asarray(ref.dataobj, dtype=np.float32), vox.T, order=1,
+                                    cval=0.0).reshape(t1_nib.shape)
+        path = fig_dir / f"{stem}_desc-coreg_bold.png"
+        disp = plotting.plot_anat(nib.Nifti1Image(on_t1, t1_nib.affine), display_mode="ortho",
+                                  title="BOLD reference on T1w; red: T1w edges", draw_cross=False)
+        disp.add_edges(t1_nib, color="r")
+        disp.frame_axes.figure.savefig(str(path), dpi=80, metadata={"Software": None})
+        disp.close()
+        out[f"coreg:{stem}"] = str(path)
+        mot = motions[stem]
+        fig, axes = plt.subplots(3, 1, figsize=(8, 5.5), sharex=True)
+        for j, name in enumerate(MOTION_COLUMNS[:3]):
+            axes[0].plot(mot[:, j], label=name)
+        for j, name in enumerate(MOTION_COLUMNS[3:]):
+            axes[1].plot(np.rad2deg(mot[:, 3 + j]), label=name)
+        fd = pd.read_csv(files["motion"], sep="\t")["framewise_displacement"].to_numpy()
+        axes[2].plot(fd, color="k", label="FD")
+        axes[2].axhline(0.5, color="r", ls="--", lw=0.8, label="0.5 mm")
+        axes[0].set_ylabel("mm")
+        axes[1].set_ylabel("degrees")
+        axes[2].set_ylabel("FD (mm)")
+        axes[2].set_xlabel("volume")
+        for ax in axes:
+            ax.legend(loc="upper right", fontsize=7, ncol=4)
+        fig.suptitle(f"{stem}: head motion (built-in, reference = median of early volumes)")
+        fig.tight_layout()
+        path = fig_dir / f"{stem}_desc-motion_bold.png"
+        fig.savefig(path, dpi=80, metadata={"Software": None})
+        plt.close(fig)
+        out[f"motion:{stem}"] = str(path)
+    return out
+
+
+# --------------------------------------------------------------------------- participant
+def _runs(bids_dir: Path, label: str, task: str) -> list[tuple[Path, str, Path]]:
+    """(BOLD path, stem, output func dir relative to the subject folder) of each task run."""
+    sub = bids_dir / f"sub-{label}"
+    out = []
+    for func in sorted([sub / "func", *sorted(p / "func" for p in sub.glob("ses-*"))]):
+        for bold in sorted(func.glob(f"sub-{label}*_task-{task}_*bold.nii*")):
+            stem = bold.name.split("_bold.nii")[0]
+            rel = func.relative_to(sub)
+            out.append((bold, stem, rel))
+    return out
+
+
+def _t1w(bids_dir: Path, label: str) -> Path:
+    sub = bids_dir / f"sub-{label}"
+    cands = sorted(sub.glob("anat/*_T1w.nii*")) + sorted(sub.glob("ses-*/anat/*_T1w.nii*"))
+    if not cands:
+        raise InputError(sub, "no T1w image (anat/*_T1w.nii.gz).",
+                         "Add the participant's T1w image, or exclude the participant.")
+    return cands[0]
+
+
+def settings_from_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Built-in settings with defaults filled in and checked."""
+    out = dict(DEFAULTS)
+    out.update({k: v for k, v in dict(cfg or {}).items() if v is not None or k == "dummy_scans"})
+    if float(out["motion_resolution_mm"]) <= 0 or float(out["registration_resolution_mm"]) <= 0:
+        raise ConfigError(None, "preprocessing.builtin: resolutions must be positive (mm).",
+                          "Fix motion_resolution_mm / registration_resolution_mm.")
+    if int(out["interpolation_order"]) not in (1, 3):
+        raise ConfigError(None, "preprocessing.builtin.interpolation_order must be 1 or 3.",
+                          "Use 3 (cubic B-spline, default) or 1 (linear).")
+    return out
+
+
+def write_dataset_description(root: Path, bids_dir: Path | None = None) -> None:
+    """``dataset_description.json`` of the built-in derivatives tree.
+
+    The raw dataset's ``Name`` is repeated, so an input that says it is simulated stays
+    labelled as simulated in the reports.
+    """
+    src_name = ""
+    if bids_dir is not None and (bids_dir / "dataset_description.json").is_file():
+        try:
+            src = json.loads((bids_dir / "dataset_description.json").read_text(encoding="utf-8"))
+            src_name = str(src.get("Name", "")) if isinstance(src, dict) else ""
+        except ValueError:
+            src_name = ""
+    write_json(root / "dataset_description.json", {
+        "Name": "tmstarget built-in preprocessing" + (f" of: {src_name}" if src_name else ""),
+        "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+        "SourceDatasets": [{"URL": f"file://{bids_dir}"}] if bids_dir is not None else [],
+        "GeneratedBy": [{"Name": GENERATOR_NAME, "Version": __version__,
+                         "Description": LIMITS}]})
+
+
+def preprocess_participant(bids_dir: str | os.PathLike[str], out_root: str | os.PathLike[str],
+                           participant: str, done: str | os.PathLike[str],
+                           cfg: Mapping[str, Any] | None = None, task: str = "rest",
+                           threads: int = 1) -> dict[str, Any]:
+    """Run the built-in preprocessing for one participant (all sessions and runs).
+
+    Parameters
+    ----------
+    bids_dir : path-like
+        Raw BIDS dataset (read only).
+    out_root : path-like
+        ``OUTPUT_DIR/sourcedata/builtin``.
+    participant : str
+        Label without ``sub-``.
+    done : path-like
+        Marker written last (JSON with timings and QC).
+    cfg : mapping, optional
+        ``preprocessing.builtin`` settings.
+    task : str
+    threads : int
+        Threads for ITK/ANTs.
+
+    Returns
+    -------
+    dict
+        The content of ``done``.
+    """
+    settings = settings_from_config(cfg)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(threads)))
+    bids_dir, out_root = Path(bids_dir), Path(out_root)
+    write_dataset_description(out_root, bids_dir)
+    sub_out = out_root / f"sub-{participant}"
+    runs = _runs(bids_dir, participant, task)
+    if not runs:
+        raise InputError(bids_dir / f"sub-{participant}", f"no task-{task} BOLD run.",
+                         "Check the task label (config `task`).")
+    t1w = _t1w(bids_dir, participant)
+    report: dict[str, Any] = {"participant": participant, "t1w": str(t1w), "runs": {},
+                              "settings": settings, "limits": LIMITS,
+                              "generated_by": f"{GENERATOR_NAME} {__version__}"}
+    with tempfile.TemporaryDirectory(prefix=f"tmstarget-builtin-{participant}-") as tmp:
+        work = Path(tmp)
+        anat = anatomical_workflow(t1w, sub_out / "anat", participant, work, settings, threads)
+        report["anat_timings_s"] = {k: round(v, 2) for k, v in anat.timings.items()}
+        run_files, motions = {}, {}
+        for bold, stem, rel in runs:
+            side = bold.with_name(bold.name.split(".nii")[0] + ".json")
+            tr = None
+            if side.is_file():
+                try:
+                    tr = json.loads(side.read_text(encoding="utf-8")).get("RepetitionTime")
+                except ValueError as exc:
+                    raise InputError(side, f"not valid JSON ({exc}).", "Fix the sidecar.") from None
+            res = functional_workflow(bold, anat, sub_out / rel, stem, work, settings, tr)
+            ref = nib.load(str(bold))
+            data_ref = _bold_reference(np.asarray(ref.dataobj, dtype=np.float32), res.n_dummy)
+            native_ref = work / f"{stem}_boldref.nii.gz"
+            nib.save(nib.Nifti1Image(data_ref, ref.affine), str(native_ref))
+            run_files[stem] = {**res.files, "boldref_native": str(native_ref)}
+            motions[stem] = res.motion
+            qc_path = sub_out / rel / f"{stem}_desc-builtin_qc.json"
+            write_json(qc_path, {**res.qc, "timings_s": {k: round(v, 2)
+                                                         for k, v in res.timings.items()},
+                                 "limits": LIMITS})
+            report["runs"][stem] = {"qc": res.qc, "timings_s": {k: round(v, 2) for k, v in
+                                                                res.timings.items()}}
+        t0 = _begin("figures")
+        report["figures"] = {k: os.path.relpath(v, out_root) for k, v in
+                             qc_figures(anat, run_files, motions, sub_out / "figures",
+                                        participant).items()}
+        report["figures_s"] = round(time.perf_counter() - t0, 2)
+    write_json(Path(done), report)
+    return report
