@@ -41,14 +41,6 @@ pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(not HAVE_ANTS, reason="ANTsPy not installed: pip install "
                                  "'tmstarget[preproc]'")]
 
-#: Landmarks (MNI mm): anterior and posterior commissure, the sample's planted targets, the
-#: hand-knob hotspot, frontal/parietal/occipital/temporal points in both hemispheres.
-LANDMARKS = np.array([
-    [0, 2, -4], [0, -26, -2], [-39.5, 36.5, 22.5], [-39.5, 12.5, 46.5], [-31.5, 24.5, 42.5],
-    [-37, -21, 58], [40, 30, 30], [0, -60, 20], [0, 50, 0], [-30, -60, 50], [30, -20, -20],
-    [-45, 10, 10]], dtype=float)
-
-
 def tree_digest(root: Path) -> dict[str, str]:
     import hashlib
 
@@ -141,21 +133,29 @@ def test_motion_estimates_track_applied_motion(raw_run):
 
 
 def test_landmarks_map_into_mni(raw_run):
-    """Landmarks placed in each T1w by the known affine map back into MNI within 3 mm.
+    """Landmarks placed in each T1w by the known affine map into MNI within 3 mm.
 
-    The reference is the simulation's MNI frame (Colin27's world). Colin27's anatomy differs
-    from the MNI152NLin2009cAsym template by ~1-3 mm, which a correct registration to the
-    template reproduces, so this error includes that anatomical difference (README).
+    The reference is where Colin27's anatomy at each landmark lies in the MNI152NLin2009cAsym
+    template (``truth/landmarks.tsv``, ``x_template``...; a careful 1 mm SyN of the unmoved
+    Colin27). Against the simulation frame itself (Colin27's world) the error also contains
+    the 0.8-3.2 mm Colin27-vs-template anatomy difference, which a correct normalisation
+    reproduces: that is bounded more loosely.
     """
     out = _ok(raw_run)
+    lm = pd.read_csv(RAW / "truth" / "landmarks.tsv", sep="\t")
+    sim = lm[["x", "y", "z"]].to_numpy(float)
+    tpl = lm[["x_template", "y_template", "z_template"]].to_numpy(float)
     for lab in ("01", "02"):
         meta, _ = read_truth(RAW, lab)
         a = np.asarray(meta["t1w_from_mni"])
-        t1 = LANDMARKS @ a[:3, :3].T + a[:3, 3]
+        t1 = sim @ a[:3, :3].T + a[:3, 3]
         xfm = load_point_transform(out / "sourcedata" / "builtin" / f"sub-{lab}" / "anat"
                                    / f"sub-{lab}_from-{SPACE}_to-T1w_mode-image_xfm.h5")
-        err = np.linalg.norm(xfm.map(t1) - LANDMARKS, axis=1)
-        assert err.max() < 3.0, f"sub-{lab}: landmark errors {np.round(err, 2)}"
+        mapped = xfm.map(t1)
+        err = np.linalg.norm(mapped - tpl, axis=1)
+        assert err.max() < 3.0, f"sub-{lab}: landmark errors {dict(zip(lm.name, err.round(2)))}"
+        err_sim = np.linalg.norm(mapped - sim, axis=1)
+        assert err_sim.max() < 5.0, f"sub-{lab}: vs simulation frame {err_sim.round(2)}"
 
 
 def test_downstream_unchanged_native_and_reports(raw_run):

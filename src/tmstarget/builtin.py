@@ -103,7 +103,7 @@ def builtin_available() -> bool:
     """True when ANTsPy (``antspyx``) can be imported."""
     try:
         import ants  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the install
+    except Exception:  # noqa: BLE001  # pragma: no cover - depends on the install
         return False
     return True
 
@@ -111,7 +111,7 @@ def builtin_available() -> bool:
 def _ants():
     try:
         import ants
-    except Exception as exc:  # pragma: no cover - depends on the install
+    except Exception as exc:  # noqa: BLE001  # pragma: no cover - depends on the install
         raise ConfigError(
             None, f"the built-in preprocessing needs ANTsPy, which is not installed ({exc}).",
             "pip install 'tmstarget[preproc]' (or set preprocessing.fmriprep_image to use "
@@ -268,7 +268,7 @@ def anatomical_workflow(t1w_path: Path, anat_dir: Path, label: str, work: Path,
         raise InputError(t1w_path, f"the T1w image has {raw.ndim} dimensions; a 3D image is "
                          "needed.", "Use a single 3D T1w image.")
     t1 = _to_ants(raw)
-    n4 = ants.n4_bias_field_correction(t1, shrink_factor=4)
+    n4 = _n4(t1)
     timings["t1w_n4_s"] = time.perf_counter() - t0
 
     # 1) whole-head affine to the low-resolution whole-head template
@@ -281,7 +281,10 @@ def anatomical_workflow(t1w_path: Path, anat_dir: Path, label: str, work: Path,
                             outprefix=str(work / "t1w_head_"))
     init_mask = ants.apply_transforms(n4, tpl_mask, aff["fwdtransforms"], whichtoinvert=[True],
                                       interpolator="nearestNeighbor")
-    init_mask = ants.iMath(init_mask, "MD", 4)
+    # a tight first mask: the 1-voxel dilation keeps the brain edge; wider margins let dura and
+    # skull pull the SyN (measured on the raw sample: 1 mm -> landmark errors ~1 mm smaller
+    # than 4 mm)
+    init_mask = ants.iMath(init_mask, "MD", 1)
     timings["t1w_affine_s"] = time.perf_counter() - t0
 
     # 2) SyN of the (loosely) skull-stripped T1w to the brain template
@@ -289,7 +292,7 @@ def anatomical_workflow(t1w_path: Path, anat_dir: Path, label: str, work: Path,
     res = float(settings["registration_resolution_mm"])
     fixed = ants.resample_image(brain_tpl, (res,) * 3, use_voxels=False, interp_type=0)
     moving = ants.resample_image(n4 * init_mask, (res,) * 3, use_voxels=False, interp_type=0)
-    syn = ants.registration(fixed, moving, type_of_transform="SyN",
+    ants.registration(fixed, moving, type_of_transform="SyN",
                             initial_transform=aff["fwdtransforms"][0],
                             reg_iterations=tuple(int(i) for i in settings["syn_iterations"]),
                             write_composite_transform=True, outprefix=str(work / "t1w_mni_"))
@@ -299,7 +302,11 @@ def anatomical_workflow(t1w_path: Path, anat_dir: Path, label: str, work: Path,
     inv_comp = str(work / "t1w_mni_InverseComposite.h5")
     brain = ants.apply_transforms(n4, tpl_mask, [inv_comp], interpolator="nearestNeighbor")
     brain = ants.iMath(ants.iMath(brain, "MC", 1), "FillHoles")
-    seg = ants.kmeans_segmentation(ants.iMath(n4, "Normalize") * brain, k=3, kmask=brain)
+    # three tissue classes (k-means-initialised Atropos) on the registration grid: the
+    # classes only feed the WM/CSF confound masks on the 2 mm MNI grid
+    lo = ants.resample_image(n4, (res,) * 3, use_voxels=False, interp_type=0)
+    brain_lo = ants.resample_image(brain, (res,) * 3, use_voxels=False, interp_type=1)
+    seg = ants.kmeans_segmentation(ants.iMath(lo, "Normalize") * brain_lo, k=3, kmask=brain_lo)
     probs = dict(zip(("CSF", "GM", "WM"), seg["probabilityimages"], strict=True))
     timings["t1w_brain_seg_s"] = time.perf_counter() - t0
 
@@ -315,8 +322,27 @@ def anatomical_workflow(t1w_path: Path, anat_dir: Path, label: str, work: Path,
         timings=timings)
     shutil.copyfile(work / "t1w_mni_Composite.h5", out.to_mni)
     shutil.copyfile(inv_comp, out.from_mni)
-    _ = syn
     return out
+
+
+def _n4(t1: Any) -> Any:
+    """N4 bias correction with the field fitted on a 2 mm copy (the field is smooth).
+
+    Fitting on the 1 mm image took 45-120 s per T1w on 2 cores; on a 2 mm copy with a shrink
+    factor of 4 and 50/50/30 iterations it takes ~9 s (one thread). The field is resampled
+    (linear) to the full grid, scaled to median 1 inside the head (so intensities keep their
+    units) and divided out.
+    """
+    ants = _ants()
+    lo = ants.resample_image(t1, (2.0, 2.0, 2.0), use_voxels=False, interp_type=0)
+    field = ants.n4_bias_field_correction(lo, shrink_factor=4, return_bias_field=True,
+                                          convergence={"iters": [50, 50, 30], "tol": 1e-6})
+    arr = ants.resample_image_to_target(field, t1, interp_type="linear").numpy()
+    img = t1.numpy()
+    head = img > np.percentile(img, 75)
+    arr = np.where(arr > 1e-3, arr, 1.0)
+    arr = arr / np.median(arr[head]) if np.any(head) else arr
+    return t1.new_image_like(img / arr)
 
 
 # --------------------------------------------------------------------------- function
@@ -337,32 +363,70 @@ def _bold_reference(vols: np.ndarray, n_dummy: int, n_ref: int = 20) -> np.ndarr
     return np.median(vols[..., start:start + n_ref], axis=-1).astype(np.float32)
 
 
-def _motion_correct(bold_img: nib.Nifti1Image, data: np.ndarray, ref: np.ndarray,
-                    resolution_mm: float) -> np.ndarray:
-    """Reference -> volume rigid point maps (T, 4, 4) RAS, one ANTs registration per volume."""
+def _hmc_chunk(fixed: tuple, moving: list[tuple], first: int) -> np.ndarray:
+    """Register each moving image (array, origin, spacing, direction) to the fixed one.
+
+    Runs in a worker process (ITK single-threaded there); returns (n, 4, 4) RAS point maps.
+    """
     ants = _ants()
-    zooms = np.asarray(bold_img.header.get_zooms()[:3], dtype=float)
-    target = tuple(np.maximum(zooms, resolution_mm))
 
-    def prep(arr: np.ndarray):
-        im = _to_ants(bold_img.slicer[..., 0] if bold_img.ndim == 4 else bold_img, arr)
-        if np.any(np.asarray(target) > zooms + 1e-6):
-            im = ants.resample_image(im, target, use_voxels=False, interp_type=0)
-        return im
+    def image(spec: tuple):
+        arr, origin, spacing, direction = spec
+        return ants.from_numpy(arr, origin=origin, spacing=spacing, direction=direction)
 
-    fixed = prep(ref)
-    mats = np.zeros((data.shape[-1], 4, 4))
+    fixed_img = image(fixed)
+    mats = np.zeros((len(moving), 4, 4))
     with tempfile.TemporaryDirectory(prefix="tmstarget-hmc-") as tmp:
-        for t in range(data.shape[-1]):
-            reg = ants.registration(fixed, prep(data[..., t]), type_of_transform="Rigid",
+        for i, spec in enumerate(moving):
+            reg = ants.registration(fixed_img, image(spec), type_of_transform="Rigid",
                                     aff_metric="meansquares", aff_iterations=(50, 20),
                                     aff_shrink_factors=(2, 1), aff_smoothing_sigmas=(1, 0),
-                                    outprefix=os.path.join(tmp, f"v{t:05d}_"))
-            mats[t] = _ras_from_ants(ants.read_transform(reg["fwdtransforms"][0]))
+                                    outprefix=os.path.join(tmp, f"v{first + i:05d}_"))
+            mats[i] = _ras_from_ants(ants.read_transform(reg["fwdtransforms"][0]))
             for f in reg["fwdtransforms"] + reg["invtransforms"]:
                 if os.path.exists(f):
                     os.remove(f)
     return mats
+
+
+def _worker_init() -> None:
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
+
+
+def _motion_correct(bold_img: nib.Nifti1Image, data: np.ndarray, ref: np.ndarray,
+                    resolution_mm: float, workers: int = 1) -> np.ndarray:
+    """Reference -> volume rigid point maps (T, 4, 4) RAS, one ANTs registration per volume.
+
+    Volumes are resampled to a grid no finer than ``resolution_mm`` first (the transforms are
+    in world mm). With ``workers > 1`` the volumes are split between that many processes
+    (single-threaded ITK each): for these small images that is faster than ITK's threads
+    (0.82 s -> 0.61 s per volume with 2 threads, vs two volumes per 0.82 s with 2 processes).
+    """
+    ants = _ants()
+    zooms = np.asarray(bold_img.header.get_zooms()[:3], dtype=float)
+    target = tuple(np.maximum(zooms, resolution_mm))
+    first_vol = bold_img.slicer[..., 0] if bold_img.ndim == 4 else bold_img
+
+    def prep(arr: np.ndarray) -> tuple:
+        im = _to_ants(first_vol, arr)
+        if np.any(np.asarray(target) > zooms + 1e-6):
+            im = ants.resample_image(im, target, use_voxels=False, interp_type=0)
+        return (im.numpy(), im.origin, im.spacing, im.direction)
+
+    fixed = prep(ref)
+    moving = [prep(data[..., t]) for t in range(data.shape[-1])]
+    workers = max(1, min(int(workers), len(moving) // 20 or 1))
+    if workers == 1:
+        return _hmc_chunk(fixed, moving, 0)
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    bounds = np.linspace(0, len(moving), workers + 1).astype(int)
+    with cf.ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                initializer=_worker_init) as pool:
+        parts = [pool.submit(_hmc_chunk, fixed, moving[a:b], int(a))
+                 for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        return np.concatenate([p.result() for p in parts])
 
 
 def _coregister(ref_img: nib.Nifti1Image, anat: AnatResult, work: Path) -> np.ndarray:
@@ -384,7 +448,7 @@ def _mni_grid() -> tuple[np.ndarray, np.ndarray]:
 
 def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem: str,
                         work: Path, settings: Mapping[str, Any],
-                        tr_hint: float | None = None) -> RunResult:
+                        tr_hint: float | None = None, threads: int = 1) -> RunResult:
     """Motion correction, coregistration, one-step resampling to MNI and confounds of one run.
 
     Parameters
@@ -402,6 +466,8 @@ def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem:
         Built-in settings (:data:`DEFAULTS` keys).
     tr_hint : float, optional
         RepetitionTime from the sidecar.
+    threads : int
+        Worker processes for head-motion correction.
 
     Returns
     -------
@@ -435,8 +501,11 @@ def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem:
     timings["reference_s"] = time.perf_counter() - t0
 
     t0 = _begin("motion_correction")
-    mats = _motion_correct(img, data, ref, float(settings["motion_resolution_mm"]))
+    mats = _motion_correct(img, data, ref, float(settings["motion_resolution_mm"]),
+                           workers=threads)
     ref_img = nib.Nifti1Image(ref, img.affine)
+    native_ref = work / f"{stem}_boldref.nii.gz"
+    nib.save(ref_img, str(native_ref))
     ref_mask = ref > 0.1 * np.percentile(ref[ref > 0], 98)
     ijk = np.argwhere(ref_mask).mean(axis=0)
     centre = nib.affines.apply_affine(img.affine, ijk)
@@ -506,6 +575,7 @@ def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem:
     func_dir.mkdir(parents=True, exist_ok=True)
     pre = f"{stem}_space-{SPACE}_res-2"
     files = {
+        "boldref_native": str(native_ref),
         "bold": str(_save(nib.Nifti1Image(vol, mni_aff), func_dir / f"{pre}_desc-preproc_bold.nii.gz",
                           code=4, tr=tr)),
         "mask": str(_save(nib.Nifti1Image(mask3d, mni_aff), func_dir / f"{pre}_desc-brain_mask.nii.gz",
@@ -732,36 +802,46 @@ def preprocess_participant(bids_dir: str | os.PathLike[str], out_root: str | os.
     report: dict[str, Any] = {"participant": participant, "t1w": str(t1w), "runs": {},
                               "settings": settings, "limits": LIMITS,
                               "generated_by": f"{GENERATOR_NAME} {__version__}"}
+    saved_tempdir = tempfile.tempdir
     with tempfile.TemporaryDirectory(prefix=f"tmstarget-builtin-{participant}-") as tmp:
         work = Path(tmp)
-        anat = anatomical_workflow(t1w, sub_out / "anat", participant, work, settings, threads)
-        report["anat_timings_s"] = {k: round(v, 2) for k, v in anat.timings.items()}
-        run_files, motions = {}, {}
-        for bold, stem, rel in runs:
-            side = bold.with_name(bold.name.split(".nii")[0] + ".json")
-            tr = None
-            if side.is_file():
-                try:
-                    tr = json.loads(side.read_text(encoding="utf-8")).get("RepetitionTime")
-                except ValueError as exc:
-                    raise InputError(side, f"not valid JSON ({exc}).", "Fix the sidecar.") from None
-            res = functional_workflow(bold, anat, sub_out / rel, stem, work, settings, tr)
-            ref = nib.load(str(bold))
-            data_ref = _bold_reference(np.asarray(ref.dataobj, dtype=np.float32), res.n_dummy)
-            native_ref = work / f"{stem}_boldref.nii.gz"
-            nib.save(nib.Nifti1Image(data_ref, ref.affine), str(native_ref))
-            run_files[stem] = {**res.files, "boldref_native": str(native_ref)}
-            motions[stem] = res.motion
-            qc_path = sub_out / rel / f"{stem}_desc-builtin_qc.json"
-            write_json(qc_path, {**res.qc, "timings_s": {k: round(v, 2)
-                                                         for k, v in res.timings.items()},
-                                 "limits": LIMITS})
-            report["runs"][stem] = {"qc": res.qc, "timings_s": {k: round(v, 2) for k, v in
-                                                                res.timings.items()}}
-        t0 = _begin("figures")
-        report["figures"] = {k: os.path.relpath(v, out_root) for k, v in
-                             qc_figures(anat, run_files, motions, sub_out / "figures",
-                                        participant).items()}
-        report["figures_s"] = round(time.perf_counter() - t0, 2)
+        tempfile.tempdir = tmp  # ANTsPy's own temporary files (Atropos, ...) go here too
+        try:
+            _participant_steps(bids_dir, out_root, participant, task, threads, settings, runs,
+                               t1w, work, sub_out, report)
+        finally:
+            tempfile.tempdir = saved_tempdir
     write_json(Path(done), report)
     return report
+
+
+def _participant_steps(bids_dir: Path, out_root: Path, participant: str, task: str,
+                       threads: int, settings: Mapping[str, Any],
+                       runs: list[tuple[Path, str, Path]], t1w: Path, work: Path,
+                       sub_out: Path, report: dict[str, Any]) -> None:
+    """The body of :func:`preprocess_participant` (fills ``report``)."""
+    anat = anatomical_workflow(t1w, sub_out / "anat", participant, work, settings, threads)
+    report["anat_timings_s"] = {k: round(v, 2) for k, v in anat.timings.items()}
+    run_files, motions = {}, {}
+    for bold, stem, rel in runs:
+        side = bold.with_name(bold.name.split(".nii")[0] + ".json")
+        tr = None
+        if side.is_file():
+            try:
+                tr = json.loads(side.read_text(encoding="utf-8")).get("RepetitionTime")
+            except ValueError as exc:
+                raise InputError(side, f"not valid JSON ({exc}).", "Fix the sidecar.") from None
+        res = functional_workflow(bold, anat, sub_out / rel, stem, work, settings, tr, threads)
+        run_files[stem] = res.files
+        motions[stem] = res.motion
+        qc_path = sub_out / rel / f"{stem}_desc-builtin_qc.json"
+        write_json(qc_path, {**res.qc, "timings_s": {k: round(v, 2)
+                                                     for k, v in res.timings.items()},
+                             "limits": LIMITS})
+        report["runs"][stem] = {"qc": res.qc, "timings_s": {k: round(v, 2) for k, v in
+                                                            res.timings.items()}}
+    t0 = _begin("figures")
+    report["figures"] = {k: os.path.relpath(v, out_root) for k, v in
+                         qc_figures(anat, run_files, motions, sub_out / "figures",
+                                    participant).items()}
+    report["figures_s"] = round(time.perf_counter() - t0, 2)

@@ -54,10 +54,34 @@ from tmstarget.simulate import (
     simulate_run,
 )
 
-__all__ = ["RAW_SUBJECTS", "RawSubjectSpec", "make_raw_dataset", "motion_matrices"]
+__all__ = ["LANDMARKS", "RAW_SUBJECTS", "RawSubjectSpec", "make_raw_dataset",
+           "motion_matrices"]
 
 #: Motion parameter names (fMRIPrep's).
 MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+
+
+#: Landmarks: name, position in the simulation frame (Colin27 world = "MNI" of the truth
+#: files), and where Colin27's anatomy at that point lies in the MNI152NLin2009cAsym
+#: *template* (reference: ANTs SyN of the unmoved Colin27 brain to the 1 mm template brain,
+#: iterations 100/70/50/20 down to 1 mm, 737 s; ``scripts/make_landmark_reference.py``
+#: recomputes it). The two differ by 0.8-3.2 mm: Colin27 is one person's anatomy, the
+#: template an average. A correct normalisation of a participant's T1w maps the landmark
+#: (placed in the T1w by the known affine) to the *template* position.
+LANDMARKS: tuple[tuple[str, tuple[float, float, float], tuple[float, float, float]], ...] = (
+    ("anterior_commissure", (0.0, 2.0, -4.0), (-0.65, 0.55, -5.07)),
+    ("posterior_commissure", (0.0, -26.0, -2.0), (0.09, -28.77, -1.86)),
+    ("target_sub-01", (-39.5, 36.5, 22.5), (-40.92, 34.66, 20.32)),
+    ("target_sub-02", (-39.5, 12.5, 46.5), (-41.63, 10.34, 46.22)),
+    ("target_sub-03", (-31.5, 24.5, 42.5), (-33.4, 22.95, 41.49)),
+    ("left_hand_knob", (-37.0, -21.0, 58.0), (-37.81, -20.22, 57.82)),
+    ("right_dlpfc", (40.0, 30.0, 30.0), (39.43, 31.48, 31.54)),
+    ("posterior_cingulate", (0.0, -60.0, 20.0), (-0.46, -61.41, 17.88)),
+    ("medial_prefrontal", (0.0, 50.0, 0.0), (-1.82, 49.83, -2.47)),
+    ("left_parietal", (-30.0, -60.0, 50.0), (-30.64, -59.71, 50.3)),
+    ("right_temporal", (30.0, -20.0, -20.0), (28.97, -21.93, -21.67)),
+    ("left_insula", (-45.0, 10.0, 10.0), (-43.91, 10.28, 7.78)),
+)
 
 
 @dataclass(frozen=True)
@@ -296,6 +320,10 @@ def make_raw_dataset(
                      "max_rot_deg": round(float(np.rad2deg(excursion[3:].max())), 3)})
         parts.append(f"{spec.participant_id}\n")
     _write_text(root / "participants.tsv", "participant_id\n" + "".join(parts))
+    lm = pd.DataFrame([{"name": n, "x": a[0], "y": a[1], "z": a[2], "x_template": b[0],
+                        "y_template": b[1], "z_template": b[2]} for n, a, b in LANDMARKS])
+    _write_text(root / "truth" / "landmarks.tsv",
+                lm.to_csv(sep="\t", index=False, lineterminator="\n"))
     truth = pd.DataFrame(rows)
     _write_text(root / "truth.tsv", truth.to_csv(sep="\t", index=False, lineterminator="\n"))
     return truth
