@@ -108,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
 
-    from tmstarget.simulate_raw import RAW_SUBJECTS, make_raw_dataset
     import dataclasses
+
+    from tmstarget.simulate_raw import RAW_SUBJECTS, make_raw_dataset
 
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="bench-builtin-"))
     bids = scratch / "raw"

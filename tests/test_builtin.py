@@ -20,7 +20,11 @@ from conftest import storage_affine
 from scipy import ndimage as ndi
 
 from tmstarget.builtin import (
-    _from_ants, _to_ants, detect_dummy_volumes, motion_parameters, settings_from_config,
+    _from_ants,
+    _to_ants,
+    detect_dummy_volumes,
+    motion_parameters,
+    settings_from_config,
 )
 from tmstarget.errors import ConfigError
 from tmstarget.preproc import resolve_method
@@ -147,6 +151,19 @@ def test_motion_correction_recovers_known_rigid_motion(target_rng):
     est = motion_parameters(_motion_correct(img, data, base.astype(np.float32), 4.0), centre)
     np.testing.assert_allclose(est[:, :3], truth[:, :3], atol=0.1)
     np.testing.assert_allclose(np.rad2deg(est[:, 3:]), np.rad2deg(truth[:, 3:]), atol=0.25)
+
+
+@needs_ants
+def test_motion_correction_is_deterministic():
+    """Same input, same settings -> identical estimates (ANTs' sampling is seeded)."""
+    from tmstarget.builtin import _bold_reference, _motion_correct
+
+    img = nib.load(REPO / "data_sample_raw" / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz")
+    data = np.asarray(img.dataobj, dtype=np.float32)[..., 60:65]
+    ref = _bold_reference(data, 0)
+    a = _motion_correct(img, data, ref, 4.0)
+    b = _motion_correct(img, data, ref, 4.0)
+    assert np.array_equal(a, b)
 
 
 # --------------------------------------------------------------------------- workflow

@@ -108,6 +108,11 @@ def builtin_available() -> bool:
     return True
 
 
+#: Seed of ANTs' random metric sampling: without it two runs of the same registration differ
+#: (by ~0.01 mm in the motion estimates), so reruns would not reproduce their outputs.
+ANTS_RANDOM_SEED = 20261124
+
+
 def _ants():
     try:
         import ants
@@ -116,6 +121,8 @@ def _ants():
             None, f"the built-in preprocessing needs ANTsPy, which is not installed ({exc}).",
             "pip install 'tmstarget[preproc]' (or set preprocessing.fmriprep_image to use "
             "fMRIPrep instead).") from None
+    if getattr(ants.config, "_random_seed", None) is None:
+        ants.config._random_seed = ANTS_RANDOM_SEED
     return ants
 
 
@@ -273,9 +280,10 @@ def anatomical_workflow(t1w_path: Path, anat_dir: Path, label: str, work: Path,
 
     # 1) whole-head affine to the low-resolution whole-head template
     t0 = _begin("t1w_affine")
-    head_tpl = ants.image_read(str(_data_file("tpl-MNI152NLin2009cAsym_res-02_T1w_reference.nii.gz")))
-    brain_tpl = ants.image_read(str(_data_file("tpl-MNI152NLin2009cAsym_res-01_desc-brain_T1w.nii.gz")))
-    tpl_mask = ants.image_read(str(_data_file("tpl-MNI152NLin2009cAsym_res-01_desc-brain_mask.nii.gz")))
+    tpl = "tpl-MNI152NLin2009cAsym_res-0"
+    head_tpl = ants.image_read(str(_data_file(f"{tpl}2_T1w_reference.nii.gz")))
+    brain_tpl = ants.image_read(str(_data_file(f"{tpl}1_desc-brain_T1w.nii.gz")))
+    tpl_mask = ants.image_read(str(_data_file(f"{tpl}1_desc-brain_mask.nii.gz")))
     n4_lo = ants.resample_image(n4, (3.0, 3.0, 3.0), use_voxels=False, interp_type=0)
     aff = ants.registration(head_tpl, n4_lo, type_of_transform="Affine",
                             outprefix=str(work / "t1w_head_"))
@@ -540,14 +548,15 @@ def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem:
     t0 = _begin("write")
     func_dir.mkdir(parents=True, exist_ok=True)
     pre = f"{stem}_space-{SPACE}_res-2"
+    mean_ref = np.where(mask3d > 0, vol[..., n_dummy:].mean(-1), 0)
     files = {
         "boldref_native": str(native_ref),
-        "bold": str(_save(nib.Nifti1Image(vol, mni_aff), func_dir / f"{pre}_desc-preproc_bold.nii.gz",
-                          code=4, tr=tr)),
-        "mask": str(_save(nib.Nifti1Image(mask3d, mni_aff), func_dir / f"{pre}_desc-brain_mask.nii.gz",
-                          dtype=np.uint8, code=4)),
-        "boldref": str(_save(nib.Nifti1Image(np.where(mask3d > 0, vol[..., n_dummy:].mean(-1), 0),
-                                             mni_aff), func_dir / f"{pre}_boldref.nii.gz", code=4)),
+        "bold": str(_save(nib.Nifti1Image(vol, mni_aff),
+                          func_dir / f"{pre}_desc-preproc_bold.nii.gz", code=4, tr=tr)),
+        "mask": str(_save(nib.Nifti1Image(mask3d, mni_aff),
+                          func_dir / f"{pre}_desc-brain_mask.nii.gz", dtype=np.uint8, code=4)),
+        "boldref": str(_save(nib.Nifti1Image(mean_ref, mni_aff),
+                             func_dir / f"{pre}_boldref.nii.gz", code=4)),
     }
     write_json(func_dir / f"{pre}_desc-preproc_bold.json", {
         "RepetitionTime": tr, "SkullStripped": False, "TaskName": _entity(stem, "task"),

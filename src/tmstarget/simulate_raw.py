@@ -17,6 +17,9 @@ What is known (written under ``truth/``, listed in ``.bidsignore``):
   tissue at MNI point ``t1w_from_mni^-1 M_t^-1 p``.
 * the planted target (MNI mm, as in ``truth.tsv`` of the derivative sample).
 
+Signal model: :func:`tmstarget.simulate.simulate_run` with ``motion_gain=0`` (motion is
+geometric here, not an intensity model).
+
 Simplifications (say so wherever used): no susceptibility distortion, no slice timing, no
 signal outside the brain mask (voxels outside the MNI brain are 0), no bias field in the T1w
 beyond Colin27's own. "MNI" here is Colin27's world, which differs from the
