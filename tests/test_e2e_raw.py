@@ -113,8 +113,8 @@ def test_targets_near_planted_truth(raw_run):
 
     Measured (fox2012, seeded ANTs): sub-01 classic 1.7 mm, cluster 1.5 mm; sub-02 classic
     8.7 mm, cluster 5.1 mm. The truth is in Colin27's world and the pipeline normalises to
-    the template (~3 mm apart there, ``truth/landmarks.tsv``). For sub-02 the anticorrelation map is a
-    plateau (r within 0.02 over 46-56 mm in z) whose single most negative voxel lies 7-9 mm
+    the template (~3 mm apart there, ``truth/landmarks.tsv``). For sub-02 the anticorrelation
+    map is a plateau (r within 0.02 over 46-56 mm in z) whose single most negative voxel lies 7-9 mm
     above the planted focus, in white matter (two runs before ANTs' sampling was seeded: 7.7
     and 8.7 mm). Head motion causes it: the same participant simulated without motion gives
     classic 4.4 mm, cluster 1.8 mm (likely residual motion artefacts at the simulated brain's
