@@ -7,7 +7,6 @@ skipped, unless ``TMSTARGET_REQUIRE_PREPROC=1`` (set by ``.ci/run``) makes that 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import yaml
-from conftest import storage_affine
+from conftest import HAVE_ANTS, needs_ants, storage_affine
 from scipy import ndimage as ndi
 
 from tmstarget.builtin import (
@@ -31,20 +30,6 @@ from tmstarget.preproc import resolve_method
 from tmstarget.simulate_raw import motion_matrices
 
 REPO = Path(__file__).resolve().parents[1]
-
-try:
-    import ants  # noqa: F401
-
-    HAVE_ANTS = True
-except Exception:  # noqa: BLE001 - optional extra
-    HAVE_ANTS = False
-
-if not HAVE_ANTS and os.environ.get("TMSTARGET_REQUIRE_PREPROC") == "1":
-    raise RuntimeError("TMSTARGET_REQUIRE_PREPROC=1 but ANTsPy (antspyx) cannot be imported: "
-                       "pip install -e '.[preproc]'")
-needs_ants = pytest.mark.skipif(not HAVE_ANTS, reason="ANTsPy not installed: "
-                                "pip install 'tmstarget[preproc]'")
-
 
 # --------------------------------------------------------------------------- pure helpers
 def test_dummy_volumes_detected_like_fmriprep(target_rng):
@@ -102,6 +87,8 @@ def test_method_resolution(monkeypatch):
 def test_ants_round_trip_keeps_world_and_side():
     """Laterality canary: a left-hemisphere blob stays left through nibabel -> ANTs -> nibabel
     for every storage orientation (RAS, LAS, LPS, oblique)."""
+    import ants
+
     for orient in ("RAS", "LAS", "LPS", "oblique"):
         base = np.diag([3.0, 3.0, 3.0, 1.0])
         base[:3, 3] = (-45.0, -50.0, -40.0)

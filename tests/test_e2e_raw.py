@@ -13,7 +13,6 @@ with the applied motion at r > 0.9, landmarks map into MNI within 3 mm (see
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import needs_ants
+from test_e2e import tree_digest
 
 from tmstarget.native import load_point_transform
 from tmstarget.simulate_raw import MOTION_COLUMNS, read_truth
@@ -29,24 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 RAW = REPO / "data_sample_raw"
 SPACE = "MNI152NLin2009cAsym"
 
-try:
-    import ants  # noqa: F401
-
-    HAVE_ANTS = True
-except Exception:  # noqa: BLE001 - optional extra
-    HAVE_ANTS = False
-if not HAVE_ANTS and os.environ.get("TMSTARGET_REQUIRE_PREPROC") == "1":
-    raise RuntimeError("TMSTARGET_REQUIRE_PREPROC=1 but ANTsPy cannot be imported")
-
-pytestmark = [pytest.mark.e2e,
-              pytest.mark.skipif(not HAVE_ANTS, reason="ANTsPy not installed: pip install "
-                                 "'tmstarget[preproc]'")]
-
-def tree_digest(root: Path) -> dict[str, str]:
-    import hashlib
-
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+pytestmark = [pytest.mark.e2e, needs_ants]
 
 
 @pytest.fixture(scope="module")

@@ -43,7 +43,6 @@ import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +55,14 @@ from scipy.spatial.transform import Rotation
 from . import __version__
 from .confounds import compute_confounds, write_confounds
 from .errors import ConfigError, InputError
+from .io import data_file as _data_file
 from .io import write_json
 
 __all__ = [
-    "BUILTIN_SUBDIR", "MOTION_COLUMNS", "SPACE", "builtin_available", "detect_dummy_volumes",
+    "MOTION_COLUMNS", "SPACE", "builtin_available", "detect_dummy_volumes",
     "motion_parameters", "preprocess_participant",
 ]
 
-#: Where the built-in path writes, relative to tmstarget's output folder.
-BUILTIN_SUBDIR = Path("sourcedata") / "builtin"
 #: Name in ``GeneratedBy`` (the report looks for it to label the built-in path).
 GENERATOR_NAME = "tmstarget-builtin-preproc"
 SPACE = "MNI152NLin2009cAsym"
@@ -93,10 +91,6 @@ def _begin(stage: str) -> float:
     global CURRENT_STAGE
     CURRENT_STAGE = stage
     return time.perf_counter()
-
-
-def _data_file(name: str) -> Path:
-    return Path(str(resources.files("tmstarget") / "data" / name))
 
 
 def builtin_available() -> bool:

@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,8 @@ def write_nifti(img: nb.Nifti1Image, path: str | os.PathLike[str]) -> None:
                 gz.write(img.to_bytes())
         else:
             fh.write(img.to_bytes())
+
+
+def data_file(name: str) -> Path:
+    """Path of a file shipped in ``tmstarget/data`` (templates, Colin27; see its NOTICE.md)."""
+    return Path(str(resources.files("tmstarget") / "data" / name))

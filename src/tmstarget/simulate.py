@@ -36,7 +36,6 @@ import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
 import nibabel as nib
@@ -56,6 +55,7 @@ from tmstarget.confounds import (  # noqa: F401  (re-exported: simulate.compute_
     relative_rms,
     write_confounds,
 )
+from tmstarget.io import data_file as _data_file
 from tmstarget.regions import SGACC_CENTER_MM, SGACC_RADIUS_MM, voxel_centers_mm
 
 __all__ = [
@@ -190,11 +190,6 @@ DEFAULT_SUBJECTS: tuple[SubjectSpec, ...] = (
 
 
 # --------------------------------------------------------------------------- I/O helpers
-def _data_file(name: str) -> Path:
-    """Path of a file shipped in ``tmstarget/data``."""
-    return Path(str(resources.files("tmstarget") / "data" / name))
-
-
 def save_nifti(
     img: nib.Nifti1Image, path: str | os.PathLike, slope: float | None = None,
     compresslevel: int = 6,
