@@ -7,6 +7,8 @@ skipped, unless ``TMSTARGET_REQUIRE_PREPROC=1`` (set by ``.ci/run``) makes that 
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +24,7 @@ from tmstarget.builtin import (
     _from_ants,
     _to_ants,
     detect_dummy_volumes,
+    itk_threads,
     motion_parameters,
     settings_from_config,
 )
@@ -65,6 +68,10 @@ def test_settings_defaults_and_refusals():
         settings_from_config({"interpolation_order": 2})
     with pytest.raises(ConfigError, match="resolutions must be positive"):
         settings_from_config({"motion_resolution_mm": 0})
+    # deterministic (default): ITK single-threaded whatever the rule was given
+    assert s["deterministic"] is True
+    assert itk_threads(s, 8) == 1
+    assert itk_threads(settings_from_config({"deterministic": False}), 8) == 8
 
 
 def test_method_resolution(monkeypatch):
@@ -184,3 +191,72 @@ def test_cli_says_which_preprocessing(tmp_path, capsys):
     assert "raw BIDS dataset found; preprocessing: tmstarget built-in (ANTsPy" in err
     assert "no distortion or slice-timing correction" in err
     assert str(tmp_path / "out" / "sourcedata" / "builtin") in err
+
+
+def _small_raw_bids(root: Path) -> Path:
+    """One participant of data_sample_raw, made small: T1w at 2 mm, the first 14 volumes."""
+    src = REPO / "data_sample_raw" / "sub-01"
+    (root / "sub-01" / "anat").mkdir(parents=True)
+    (root / "sub-01" / "func").mkdir(parents=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "small", "BIDSVersion": "1.9.0", "DatasetType": "raw"}))
+    t1 = nib.load(src / "anat" / "sub-01_T1w.nii.gz")
+    small = nib.Nifti1Image(np.asarray(t1.dataobj)[::2, ::2, ::2],
+                            t1.affine @ np.diag([2.0, 2.0, 2.0, 1.0]))
+    nib.save(small, root / "sub-01" / "anat" / "sub-01_T1w.nii.gz")
+    bold = nib.load(src / "func" / "sub-01_task-rest_bold.nii.gz")
+    nib.save(bold.slicer[..., :14], root / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz")
+    shutil.copy(src / "func" / "sub-01_task-rest_bold.json", root / "sub-01" / "func")
+    return root
+
+
+def _output_digests(root: Path) -> dict[str, str]:
+    """Content digest of every output (NIfTI voxel data, HDF5 transform arrays, text files)."""
+    import hashlib
+
+    import h5py
+
+    out = {}
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        if f.name.endswith(".nii.gz"):
+            blob = np.asarray(nib.load(f).dataobj).tobytes()
+        elif f.suffix == ".h5":
+            with h5py.File(f) as h5:
+                names: list[str] = []
+                h5.visit(names.append)
+                blob = b"".join(np.asarray(h5[n]).tobytes() for n in sorted(names)
+                                if isinstance(h5[n], h5py.Dataset) and "Transform" in n
+                                and h5[n].dtype.kind == "f")
+        elif f.suffix in (".tsv", ".txt"):
+            blob = f.read_bytes()
+        else:
+            continue
+        out[str(f.relative_to(root))] = hashlib.sha256(blob).hexdigest()
+    return out
+
+
+@needs_ants
+def test_builtin_stage_reruns_are_bit_identical(tmp_path):
+    """Two runs of the whole built-in stage (fresh processes, as the rule runs them) give the
+    same transforms, tissue classes, BOLD series and confounds: ITK single-threaded and
+    Atropos seeded (``deterministic``, the default). With two ITK threads the SyN transforms
+    differed between runs (measured), which this test would catch."""
+    bids = _small_raw_bids(tmp_path / "raw")
+    cfg = {"registration_resolution_mm": 4.0, "syn_iterations": [20, 10],
+           "motion_resolution_mm": 8.0}
+    code = ("import sys, json; from tmstarget.builtin import preprocess_participant as p; "
+            "p(sys.argv[1], sys.argv[2], '01', sys.argv[3], json.loads(sys.argv[4]), "
+            "threads=2)")
+    digests = []
+    for k in (1, 2):
+        out = tmp_path / f"out{k}"
+        res = subprocess.run([sys.executable, "-c", code, str(bids), str(out),
+                              str(tmp_path / f"done{k}.json"), json.dumps(cfg)],
+                             capture_output=True, text=True, check=False)
+        assert res.returncode == 0, res.stderr[-3000:]
+        digests.append(_output_digests(out))
+        assert json.loads((tmp_path / f"done{k}.json").read_text())["itk_threads"] == 1
+    assert any(name.endswith("_xfm.h5") for name in digests[0])
+    assert any(name.endswith("desc-preproc_bold.nii.gz") for name in digests[0])
+    differ = [n for n in digests[0] if digests[0][n] != digests[1].get(n)]
+    assert not differ, f"outputs differ between two identical runs: {differ}"

@@ -79,6 +79,7 @@ DEFAULTS: dict[str, Any] = {
     "registration_resolution_mm": 2.0,
     "syn_iterations": [70, 50, 20],
     "interpolation_order": 3,
+    "deterministic": True,
 }
 
 
@@ -308,8 +309,9 @@ def anatomical_workflow(t1w_path: Path, anat_dir: Path, label: str, work: Path,
     # classes only feed the WM/CSF confound masks on the 2 mm MNI grid
     lo = ants.resample_image(n4, (res,) * 3, use_voxels=False, interp_type=0)
     brain_lo = ants.resample_image(brain, (res,) * 3, use_voxels=False, interp_type=1)
-    seg = ants.kmeans_segmentation(ants.iMath(lo, "Normalize") * brain_lo, k=3, kmask=brain_lo)
-    probs = dict(zip(("CSF", "GM", "WM"), seg["probabilityimages"], strict=True))
+    probs = dict(zip(("CSF", "GM", "WM"),
+                     _kmeans_tissues(ants.iMath(lo, "Normalize") * brain_lo, brain_lo, k=3),
+                     strict=True))
     timings["t1w_brain_seg_s"] = time.perf_counter() - t0
 
     anat_dir.mkdir(parents=True, exist_ok=True)
@@ -325,6 +327,28 @@ def anatomical_workflow(t1w_path: Path, anat_dir: Path, label: str, work: Path,
     shutil.copyfile(work / "t1w_mni_Composite.h5", out.to_mni)
     shutil.copyfile(inv_comp, out.from_mni)
     return out
+
+
+def _kmeans_tissues(image: Any, mask: Any, k: int = 3) -> list[Any]:
+    """Probability images of ``k`` intensity classes (darkest first), Atropos k-means + MRF.
+
+    ``ants.kmeans_segmentation`` with Atropos' random seed switched off (``-r 0``: a constant
+    seed), so that the classes are the same on every run.
+    """
+    ants = _ants()
+    mask = ants.iMath(mask, "FillHoles").threshold_image(1, 2)
+    seg = ants.atropos(a=ants.iMath(image, "Normalize"), x=mask, i=f"kmeans[{k}]",
+                       m="[0.1,1x1x1]", c="[5,0]", r=0)
+    return list(seg["probabilityimages"])
+
+
+def itk_threads(settings: Mapping[str, Any], threads: int) -> int:
+    """ITK/ANTs threads for the built-in stage: 1 when ``deterministic`` (the default).
+
+    Multi-threaded ANTs registrations (SyN, affine) give slightly different transforms from
+    run to run; single-threaded ones are bit-identical (measured on the raw sample).
+    """
+    return 1 if settings.get("deterministic", True) else max(1, int(threads))
 
 
 def _n4(t1: Any) -> Any:
@@ -582,6 +606,7 @@ def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem:
         "template_brain_coverage": round(float(keep.sum() / max(tpl_mask.sum(), 1)), 4),
         "n_wm_voxels": int(wm.sum()), "n_csf_voxels": int(csf.sum()),
         "motion_centre_mm": [round(float(v), 3) for v in centre],
+        "motion_centre_space": "BOLD image world (scanner), RAS+ mm",
     }
     return RunResult(n_dummy, motion, timings, files, qc)
 
@@ -751,7 +776,8 @@ def preprocess_participant(bids_dir: str | os.PathLike[str], out_root: str | os.
         ``preprocessing.builtin`` settings.
     task : str
     threads : int
-        Threads for ITK/ANTs.
+        Threads the rule was given; ITK/ANTs use them only when ``deterministic`` is false
+        (:func:`itk_threads`).
 
     Returns
     -------
@@ -759,7 +785,9 @@ def preprocess_participant(bids_dir: str | os.PathLike[str], out_root: str | os.
         The content of ``done``.
     """
     settings = settings_from_config(cfg)
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(max(1, int(threads)))
+    n_threads = itk_threads(settings, threads)
+    # read by ITK when ANTs first runs in this process (the rule's script is a new process)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(n_threads)
     bids_dir, out_root = Path(bids_dir), Path(out_root)
     write_dataset_description(out_root, bids_dir)
     sub_out = out_root / f"sub-{participant}"
@@ -769,7 +797,7 @@ def preprocess_participant(bids_dir: str | os.PathLike[str], out_root: str | os.
                          "Check the task label (config `task`).")
     t1w = _t1w(bids_dir, participant)
     report: dict[str, Any] = {"participant": participant, "t1w": str(t1w), "runs": {},
-                              "settings": settings, "limits": LIMITS,
+                              "settings": settings, "itk_threads": n_threads, "limits": LIMITS,
                               "generated_by": f"{GENERATOR_NAME} {__version__}"}
     saved_tempdir = tempfile.tempdir
     with tempfile.TemporaryDirectory(prefix=f"tmstarget-builtin-{participant}-") as tmp:

@@ -327,6 +327,20 @@ def make_raw_dataset(
                         "y_template": b[1], "z_template": b[2]} for n, a, b in LANDMARKS])
     _write_text(root / "truth" / "landmarks.tsv",
                 lm.to_csv(sep="\t", index=False, lineterminator="\n"))
+    _write_json(root / "truth" / "landmarks.json", {
+        "name": {"Description": "Landmark name."},
+        "x": {"Description": "Position in the simulation frame: Colin27's world, the 'MNI' "
+                             "of truth.tsv (RAS+ mm). t1w_from_mni in sub-XX_truth.json places "
+                             "it in each participant's T1w.", "Units": "mm"},
+        "y": {"Description": "See x.", "Units": "mm"},
+        "z": {"Description": "See x.", "Units": "mm"},
+        "x_template": {"Description": "Where Colin27's anatomy at this landmark lies in the "
+                                      "MNI152NLin2009cAsym template (RAS+ mm; careful 1 mm ANTs "
+                                      "SyN of the unmoved Colin27, "
+                                      "scripts/make_landmark_reference.py): where a correct "
+                                      "normalisation maps it.", "Units": "mm"},
+        "y_template": {"Description": "See x_template.", "Units": "mm"},
+        "z_template": {"Description": "See x_template.", "Units": "mm"}})
     truth = pd.DataFrame(rows)
     _write_text(root / "truth.tsv", truth.to_csv(sep="\t", index=False, lineterminator="\n"))
     return truth

@@ -86,6 +86,10 @@ def builtin_inputs(wildcards):
     return sorted(f for pat in pats for f in glob.glob(os.path.join(sub, pat)))
 
 
+#: preprocessing.builtin (its deterministic flag sets the rule's threads)
+BUILTIN_CFG = dict(config["preprocessing"].get("builtin") or {})
+
+
 def builtin_mem(wildcards, attempt):
     """MB for one participant, from its longest run's volume count; grows with retries.
 
@@ -148,7 +152,7 @@ if METHOD == "builtin":
             participant="|".join(re.escape(p) for p in FMRIPREP_PARTICIPANTS),
         log:
             f"{STAGE1_OUT}/logs/builtin/sub-{{participant}}.log",
-        threads: 2
+        threads: 1 if BUILTIN_CFG.get("deterministic", True) else 4
         resources:
             mem_mb=builtin_mem,
             runtime=builtin_runtime,
