@@ -102,8 +102,9 @@ def builtin_mem(wildcards, attempt):
 
 
 def builtin_runtime(wildcards, attempt):
-    """Minutes, generous: measured 6.3 min for 300 volumes on 2 cores (~2 min + 0.85 s per
-    volume); asks 20 min + 3 s per volume, and more with each retry."""
+    """Minutes, generous: measured 8.3 min for 300 volumes single-threaded (the default,
+    deterministic mode; 6.3 min with 2 threads); asks 20 min + 3 s per volume, and more with
+    each retry."""
     vols = _raw_bold_volumes(wildcards.participant)
     return int((20 + vols * 3 / 60) * attempt)
 
