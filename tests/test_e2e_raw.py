@@ -105,7 +105,8 @@ def test_targets_near_planted_truth(raw_run):
     ``truth/landmarks.tsv``). The sub-02 classic miss is not motion correction or
     coregistration (``benchmarks/ablate_raw_target.py``: the true motion and coregistration in
     place of the estimates, or a motion-free twin, leave it within 0.6 mm of where it is);
-    what moves it is not yet known (README). The issue's
+    this participant's simulated map on the 2 mm simulation grid already puts it 5.9 mm away
+    (README). The issue's
     "classic within 6 mm" is NOT met for sub-02; the 15 mm bound
     only guards against gross failures (wrong side, failed registration: > 20 mm).
     """
