@@ -12,11 +12,15 @@ then denoising and targets unchanged) with:
 ``no_motion``  a twin of the participant simulated without motion (same signal), true
                coregistration,
 ``no_motion_unsmoothed``  as ``no_motion``, with the denoising's spatial smoothing off.
+``simulation_grid``  no simulated acquisition at all: the participant's simulated signal on the
+               2 mm simulation grid, placed in the T1w world by the known affine and read as if
+               it were the native BOLD (identity motion and coregistration); the built-in
+               resampling, brain mask and confounds still run.
 
 It prints each target's distance to the planted truth (``truth.tsv``, Colin27 world) and to
 where the planted anatomy lies in the template (``truth/landmarks.tsv``).
 
-Usage (about 2 minutes per variant on 2 cores)::
+Usage (about 1-2 minutes per variant on 2 cores)::
 
     tmstarget data_sample_raw /tmp/run participant
     python benchmarks/ablate_raw_target.py /tmp/run --participant 02 --out /tmp/ablation
@@ -50,21 +54,44 @@ def _anat(run_builtin: Path, label: str):
         from_mni=a / f"sub-{label}_from-{SPACE}_to-T1w_mode-image_xfm.h5")
 
 
-def _no_motion_twin(raw: Path, out: Path) -> Path:
-    """The raw sample re-simulated with zero motion (same seeds, same signal)."""
+def _no_motion_twin(out: Path, label: str) -> tuple[Path, Path]:
+    """The raw sample re-simulated with zero motion (same seeds, same signal).
+
+    Returns the twin's folder and the participant's simulated signal on the 2 mm simulation
+    grid written as a 4D image in its T1w world (the ``simulation_grid`` variant's BOLD).
+    """
+    import nibabel as nib
+
     import tmstarget.simulate_raw as sr
 
-    original = sr._raw_motion
-    sr._raw_motion = lambda *a, **k: 0.0 * original(*a, **k)
+    signals = []
+    original_motion, original_run = sr._raw_motion, sr.simulate_run
+
+    def keep(rng, grid, *a, **k):
+        data, motion = original_run(rng, grid, *a, **k)
+        signals.append((grid, data))
+        return data, motion
+
+    sr._raw_motion = lambda *a, **k: 0.0 * original_motion(*a, **k)
+    sr.simulate_run = keep
     try:
         sr.make_raw_dataset(out, clean=True)
     finally:
-        sr._raw_motion = original
-    return out
+        sr._raw_motion, sr.simulate_run = original_motion, original_run
+    index = [s.label for s in sr.RAW_SUBJECTS].index(label)
+    grid, data = signals[index]
+    meta, _ = sr.read_truth(out, label)
+    vol = np.zeros((*grid.mask.shape, data.shape[0]), dtype=np.float32)
+    vol[grid.mask] = data.T
+    img = nib.Nifti1Image(vol, np.asarray(meta["t1w_from_mni"]) @ grid.affine)
+    img.header.set_zooms((*img.header.get_zooms()[:3], 2.0))
+    grid_bold = out / f"sub-{label}_simulation-grid_bold.nii.gz"
+    nib.save(img, grid_bold)
+    return out, grid_bold
 
 
 def _variant(name: str, raw: Path, run_builtin: Path, label: str, work: Path,
-             smoothing: float | None) -> pd.DataFrame:
+             smoothing: float | None, bold: Path | None = None) -> pd.DataFrame:
     """Functional workflow with parts replaced by the truth, then the unchanged downstream."""
     import tmstarget.builtin as bi
     from tmstarget.simulate_raw import motion_matrices, read_truth
@@ -83,6 +110,9 @@ def _variant(name: str, raw: Path, run_builtin: Path, label: str, work: Path,
     if name == "estimated":
         mats = motion_matrices(est.to_numpy(), qc["motion_centre_mm"])
         coreg = load_itk_affine(func_src / f"{stem}_from-boldref_to-T1w_mode-image_desc-coreg_xfm.txt")
+    elif bold is not None:  # no acquisition: identity motion and coregistration
+        mats = np.tile(np.eye(4), (len(est), 1, 1))
+        coreg = np.eye(4)
     else:
         meta, applied = read_truth(raw, label)
         mats = motion_matrices(applied.to_numpy(), meta["motion_centre_mm"])
@@ -91,7 +121,7 @@ def _variant(name: str, raw: Path, run_builtin: Path, label: str, work: Path,
     bi._motion_correct = lambda *a, **k: mats
     bi._coregister = lambda *a, **k: coreg
     try:
-        bi.functional_workflow(raw / f"sub-{label}" / "func" / f"{stem}_bold.nii.gz",
+        bi.functional_workflow(bold or raw / f"sub-{label}" / "func" / f"{stem}_bold.nii.gz",
                                _anat(tree, label), tree / f"sub-{label}" / "func", stem,
                                work / name, bi.settings_from_config(None), 2.0)
     finally:
@@ -114,18 +144,21 @@ def _variant(name: str, raw: Path, run_builtin: Path, label: str, work: Path,
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", type=Path, help="output folder of a built-in-path run")
-    ap.add_argument("--raw", type=Path, default=REPO / "data_sample_raw")
+    ap.add_argument("--raw", type=Path, default=REPO / "data_sample_raw",
+                    help="the raw sample the run used (the motion-free twin is re-simulated "
+                         "from tmstarget.simulate_raw's defaults, i.e. data_sample_raw)")
     ap.add_argument("--participant", default="02")
     ap.add_argument("--out", type=Path, default=Path("ablation"))
     args = ap.parse_args(argv)
     label = args.participant.removeprefix("sub-")
     run_builtin = args.run / "sourcedata" / "builtin"
     args.out.mkdir(parents=True, exist_ok=True)
-    nm = _no_motion_twin(args.raw, args.out / "raw_no_motion")
+    nm, grid_bold = _no_motion_twin(args.out / "raw_no_motion", label)
     rows = [_variant("estimated", args.raw, run_builtin, label, args.out, None),
             _variant("true", args.raw, run_builtin, label, args.out, None),
             _variant("no_motion", nm, run_builtin, label, args.out, None),
-            _variant("no_motion_unsmoothed", nm, run_builtin, label, args.out, 0)]
+            _variant("no_motion_unsmoothed", nm, run_builtin, label, args.out, 0),
+            _variant("simulation_grid", nm, run_builtin, label, args.out, None, grid_bold)]
     table = pd.concat(rows, ignore_index=True)
     truth = pd.read_csv(args.raw / "truth.tsv", sep="\t").set_index("participant_id")
     lm = pd.read_csv(args.raw / "truth" / "landmarks.tsv", sep="\t").set_index("name")
