@@ -39,19 +39,12 @@ import numpy as np
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-SPACE = "MNI152NLin2009cAsym"
 
 
 def _anat(run_builtin: Path, label: str):
     from tmstarget.builtin import AnatResult
 
-    a = run_builtin / f"sub-{label}" / "anat"
-    return AnatResult(
-        t1w=a / f"sub-{label}_desc-preproc_T1w.nii.gz",
-        brain_mask=a / f"sub-{label}_desc-brain_mask.nii.gz",
-        probseg={k: a / f"sub-{label}_label-{k}_probseg.nii.gz" for k in ("GM", "WM", "CSF")},
-        to_mni=a / f"sub-{label}_from-T1w_to-{SPACE}_mode-image_xfm.h5",
-        from_mni=a / f"sub-{label}_from-{SPACE}_to-T1w_mode-image_xfm.h5")
+    return AnatResult.in_folder(run_builtin / f"sub-{label}" / "anat", label)
 
 
 def _no_motion_twin(out: Path, label: str) -> tuple[Path, Path]:

@@ -24,6 +24,7 @@ from conftest import needs_ants
 from test_e2e import tree_digest
 
 from tmstarget.native import load_point_transform
+from tmstarget.preproc import BUILTIN_WORK_SUBDIR
 from tmstarget.simulate_raw import MOTION_COLUMNS, read_truth
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def test_announces_builtin_and_leaves_input_untouched(raw_run):
     assert desc["GeneratedBy"][0]["Name"] == "tmstarget-builtin-preproc"
     assert "SIMULATED" in desc["Name"]  # the input's simulated label is carried through
     for lab in ("01", "02"):  # deterministic by default: ANTs single-threaded
-        done = json.loads((out / "work" / "builtin" / f"sub-{lab}.done").read_text())
+        done = json.loads((out / BUILTIN_WORK_SUBDIR / f"sub-{lab}.done").read_text())
         assert done["itk_threads"] == 1 and done["settings"]["deterministic"] is True
 
 

@@ -239,6 +239,19 @@ class AnatResult:
     from_mni: Path  # from-MNI_to-T1w (pull: T1w points -> MNI points)
     timings: dict[str, float] = field(default_factory=dict)
 
+    @classmethod
+    def in_folder(cls, anat_dir: Path, label: str, timings: dict[str, float] | None = None
+                  ) -> AnatResult:
+        """The fMRIPrep-style file names of one participant's ``anat/`` outputs."""
+        pre = anat_dir / f"sub-{label}"
+        return cls(t1w=Path(f"{pre}_desc-preproc_T1w.nii.gz"),
+                   brain_mask=Path(f"{pre}_desc-brain_mask.nii.gz"),
+                   probseg={k: Path(f"{pre}_label-{k}_probseg.nii.gz")
+                            for k in ("CSF", "GM", "WM")},
+                   to_mni=Path(f"{pre}_from-T1w_to-{SPACE}_mode-image_xfm.h5"),
+                   from_mni=Path(f"{pre}_from-{SPACE}_to-T1w_mode-image_xfm.h5"),
+                   timings=dict(timings or {}))
+
 
 def anatomical_workflow(t1w_path: Path, anat_dir: Path, label: str, work: Path,
                         settings: Mapping[str, Any], threads: int = 1) -> AnatResult:
@@ -315,15 +328,11 @@ def anatomical_workflow(t1w_path: Path, anat_dir: Path, label: str, work: Path,
     timings["t1w_brain_seg_s"] = time.perf_counter() - t0
 
     anat_dir.mkdir(parents=True, exist_ok=True)
-    out = AnatResult(
-        t1w=_save(_from_ants(n4), anat_dir / f"sub-{label}_desc-preproc_T1w.nii.gz"),
-        brain_mask=_save(_from_ants(brain), anat_dir / f"sub-{label}_desc-brain_mask.nii.gz",
-                         dtype=np.uint8),
-        probseg={k: _save(_from_ants(v), anat_dir / f"sub-{label}_label-{k}_probseg.nii.gz")
-                 for k, v in probs.items()},
-        to_mni=anat_dir / f"sub-{label}_from-T1w_to-{SPACE}_mode-image_xfm.h5",
-        from_mni=anat_dir / f"sub-{label}_from-{SPACE}_to-T1w_mode-image_xfm.h5",
-        timings=timings)
+    out = AnatResult.in_folder(anat_dir, label, timings)
+    _save(_from_ants(n4), out.t1w)
+    _save(_from_ants(brain), out.brain_mask, dtype=np.uint8)
+    for k, v in probs.items():
+        _save(_from_ants(v), out.probseg[k])
     shutil.copyfile(work / "t1w_mni_Composite.h5", out.to_mni)
     shutil.copyfile(inv_comp, out.from_mni)
     return out
@@ -348,7 +357,8 @@ def itk_threads(settings: Mapping[str, Any], threads: int) -> int:
     Multi-threaded ANTs registrations (SyN, affine) give slightly different transforms from
     run to run; single-threaded ones are bit-identical (measured on the raw sample).
     """
-    return 1 if settings.get("deterministic", True) else max(1, int(threads))
+    deterministic = settings.get("deterministic", DEFAULTS["deterministic"])
+    return 1 if deterministic else max(1, int(threads))
 
 
 def _n4(t1: Any) -> Any:

@@ -14,6 +14,7 @@ from tmstarget.errors import TmsTargetError  # noqa: E402
 from tmstarget.preproc import FMRIPREP_SUBDIR, FMRIPREP_WORK_SUBDIR  # noqa: E402
 from tmstarget.preproc import BUILTIN_SUBDIR, BUILTIN_WORK_SUBDIR  # noqa: E402
 from tmstarget.preproc import raw_bids_participants, resolve_method  # noqa: E402
+from tmstarget.builtin import itk_threads  # noqa: E402
 
 validate(config, os.path.join(_REPO, "workflow", "schemas", "config.schema.yaml"))
 
@@ -86,7 +87,7 @@ def builtin_inputs(wildcards):
     return sorted(f for pat in pats for f in glob.glob(os.path.join(sub, pat)))
 
 
-#: preprocessing.builtin (its deterministic flag sets the rule's threads)
+#: preprocessing.builtin (its deterministic flag sets the rule's threads, via itk_threads)
 BUILTIN_CFG = dict(config["preprocessing"].get("builtin") or {})
 
 
@@ -153,7 +154,7 @@ if METHOD == "builtin":
             participant="|".join(re.escape(p) for p in FMRIPREP_PARTICIPANTS),
         log:
             f"{STAGE1_OUT}/logs/builtin/sub-{{participant}}.log",
-        threads: 1 if BUILTIN_CFG.get("deterministic", True) else 4
+        threads: itk_threads(BUILTIN_CFG, 4)
         resources:
             mem_mb=builtin_mem,
             runtime=builtin_runtime,
