@@ -14,17 +14,31 @@ re-running it would give the same files.
 
 Seed ``20241124`` (the first draw) is the sample itself, so the first row reproduces the run.
 
-As a reference, the same master seeds drive the *derivative* simulator
-(:func:`tmstarget.simulate.make_dataset`, the fMRIPrep-like sample on the 4 mm MNI grid, one
-150-volume run per participant, no acquisition or registration step): the spread of that column is
-what the signal model alone gives; the two columns are different draws, not pairs.
+Paths (``--paths``, default ``builtin,derivative``):
+
+``builtin``           the raw twin through the unmodified built-in functional path;
+``derivative``        reference: the derivative simulator (:func:`tmstarget.simulate.make_dataset`,
+                      the fMRIPrep-like sample, one 150-volume run per participant) with the same
+                      master seed; a *different* draw, simulated on the 4 mm MNI analysis grid
+                      whose voxel centres are the planted targets, with no acquisition or
+                      registration: an optimistic floor, not a pair;
+``simulation_grid``   the draw's own signal on the 2 mm simulation grid (no acquisition) placed in
+                      the T1w world by the known affine, through the built-in functional path
+                      with identity motion and coregistration (resampling through the SyN to the
+                      template still runs);
+``simulation_frame``  the draw's own 2 mm signal written as an MNI-space derivative in the
+                      simulation frame: no acquisition and no normalisation.
+
+``simulation_frame`` -> ``simulation_grid`` is the cost of normalising Colin27's anatomy to the
+template; ``simulation_grid`` -> ``builtin`` that of the 4 mm oblique acquisition with head
+motion and of the estimated motion and coregistration.
 
 Prints the distances and writes ``realisations.tsv`` and ``summary.json`` under ``--out``, and
 the summary with the machine's facts to ``benchmarks/results/raw_target_realisations.json``
 (+ ``.tsv``).
 
-Usage (about 3-4 min per draw for both participants, single-threaded; ``--jobs`` draws at
-once)::
+Usage (about 6.5 min per draw for both participants along the two default paths,
++4 min for the two simulation paths, single-threaded; ``--jobs`` draws at once)::
 
     tmstarget data_sample_raw /tmp/run participant
     python benchmarks/raw_target_realisations.py /tmp/run --draws 10 --jobs 2 --out /tmp/real
@@ -43,6 +57,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -62,62 +77,136 @@ def _run_cli(tree: Path, out: Path, cfg_text: str) -> pd.DataFrame:
     return pd.read_csv(out / "targets.tsv", sep="\t")
 
 
-def _builtin_draw(seed: int, run_builtin: Path, work: Path) -> pd.DataFrame:
-    """One draw of the raw twin through the built-in functional path + downstream."""
-    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
-    import tmstarget.builtin as bi
-    from tmstarget.simulate_raw import RAW_SUBJECTS, make_raw_dataset
+#: Paths a draw can take (``--paths``); the first two are the default.
+PATHS = {
+    "builtin": "the raw twin (4 mm oblique acquisition, head motion) through the unmodified "
+               "built-in functional path",
+    "derivative": "the derivative simulator with the same master seed (a different draw, "
+                  "on the 4 mm analysis grid)",
+    "simulation_grid": "the draw's own signal on the 2 mm simulation grid, no acquisition, "
+                       "through the built-in functional path with identity motion and "
+                       "coregistration (resampling through the SyN to the template still runs)",
+    "simulation_frame": "the draw's own 2 mm signal written as an MNI-space derivative in the "
+                        "simulation frame: no acquisition and no normalisation",
+}
+_CONFIG = "native:\n  enabled: false\nreproducibility:\n  enabled: false\n"
 
-    raw = work / "raw"
-    make_raw_dataset(raw, seed=seed, clean=True)
-    tree = work / "builtin"
+
+def _generate(seed: int, work: Path) -> tuple[Path, dict]:
+    """Write the raw twin for ``seed``; return it and each participant's simulated signal."""
+    import tmstarget.simulate_raw as sr
+
+    signals: list = []
+    original = sr.simulate_run
+
+    def keep(rng, grid, *a, **k):
+        data, motion = original(rng, grid, *a, **k)
+        signals.append((grid, data, motion))
+        return data, motion
+
+    sr.simulate_run = keep
+    try:
+        sr.make_raw_dataset(work / "raw", seed=seed, clean=True)
+    finally:
+        sr.simulate_run = original
+    return work / "raw", {spec.label: sig for spec, sig in zip(sr.RAW_SUBJECTS, signals)}
+
+
+def _builtin_tree(run_builtin: Path, tree: Path) -> None:
     if tree.exists():
         shutil.rmtree(tree)
-    shutil.copy(run_builtin / "dataset_description.json", tree.mkdir(parents=True) or tree)
-    scratch = work / "scratch"
-    scratch.mkdir(parents=True, exist_ok=True)
-    for spec in RAW_SUBJECTS:
-        label = spec.label
-        shutil.copytree(run_builtin / f"sub-{label}" / "anat", tree / f"sub-{label}" / "anat")
-        stem = f"sub-{label}_task-rest"
-        bold = raw / f"sub-{label}" / "func" / f"{stem}_bold.nii.gz"
-        tr = json.loads(bold.with_name(f"{stem}_bold.json").read_text())["RepetitionTime"]
+    tree.mkdir(parents=True)
+    shutil.copy(run_builtin / "dataset_description.json", tree)
+
+
+def _functional(bold: Path, run_builtin: Path, tree: Path, label: str, scratch: Path,
+                identity: bool) -> None:
+    """Copy the run's anatomy, then the built-in functional workflow (optionally with
+    identity motion and coregistration: the image is already in the T1w world)."""
+    import tmstarget.builtin as bi
+
+    shutil.copytree(run_builtin / f"sub-{label}" / "anat", tree / f"sub-{label}" / "anat")
+    stem = f"sub-{label}_task-rest"
+    n = nib.load(str(bold)).shape[-1]
+    saved = bi._motion_correct, bi._coregister
+    if identity:
+        bi._motion_correct = lambda *a, **k: np.tile(np.eye(4), (n, 1, 1))
+        bi._coregister = lambda *a, **k: np.eye(4)
+    try:
         bi.functional_workflow(bold, bi.AnatResult.in_folder(tree / f"sub-{label}" / "anat",
                                                              label),
                                tree / f"sub-{label}" / "func", stem, scratch,
-                               bi.settings_from_config(None), tr)
-    targets = _run_cli(tree, work / "out",
-                       "native:\n  enabled: false\nreproducibility:\n  enabled: false\n")
-    return targets.assign(path="builtin", seed=seed)
+                               bi.settings_from_config(None), 2.0)
+    finally:
+        bi._motion_correct, bi._coregister = saved
 
 
-def _derivative_draw(seed: int, work: Path) -> pd.DataFrame:
-    """The same master seed through the derivative simulator (one run each) + pipeline."""
+def _path_targets(path: str, seed: int, run_builtin: Path, work: Path, raw: Path | None,
+                  signals: dict | None) -> pd.DataFrame:
+    """Targets of one draw along one path (both participants)."""
     from dataclasses import replace
 
-    from tmstarget.simulate import DEFAULT_SUBJECTS, make_dataset
+    import tmstarget.simulate as sim
+    from tmstarget.simulate_raw import RAW_SUBJECTS, read_truth
 
-    subjects = [replace(s, runs=(None,), sessions=(None,)) for s in DEFAULT_SUBJECTS[:2]]
-    make_dataset(work / "deriv", subjects=subjects, seed=seed, with_anat=False, clean=True)
-    targets = _run_cli(work / "deriv", work / "deriv_out",
-                       "native:\n  enabled: false\nreproducibility:\n  enabled: false\n")
-    return targets.assign(path="derivative", seed=seed)
+    scratch = work / "scratch"
+    scratch.mkdir(parents=True, exist_ok=True)
+    tree = work / path
+    if path == "derivative":
+        subjects = [replace(s, runs=(None,), sessions=(None,)) for s in sim.DEFAULT_SUBJECTS[:2]]
+        sim.make_dataset(tree, subjects=subjects, seed=seed, with_anat=False, clean=True)
+    elif path == "simulation_frame":
+        if tree.exists():
+            shutil.rmtree(tree)
+        sim._write_json(tree / "dataset_description.json", {
+            "Name": "simulation frame (benchmark)", "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [{"Name": "tmstarget-simulator", "Version": sim.SIMULATOR_VERSION}]})
+        for spec in RAW_SUBJECTS:
+            grid, data, motion = signals[spec.label]
+            dspec = sim.SubjectSpec(spec.label, spec.target_mm)
+            sim._write_run(tree / f"sub-{spec.label}" / "func", dspec, None, None, grid, data,
+                           motion, 2.0, len(sim.NSS_FACTORS))
+    else:
+        _builtin_tree(run_builtin, tree)
+        for spec in RAW_SUBJECTS:
+            label = spec.label
+            if path == "builtin":
+                bold = raw / f"sub-{label}" / "func" / f"sub-{label}_task-rest_bold.nii.gz"
+            else:  # simulation_grid: the 2 mm signal placed in the T1w world by the known affine
+                grid, data, _ = signals[label]
+                meta, _ = read_truth(raw, label)
+                vol = np.zeros((*grid.mask.shape, data.shape[0]), dtype=np.float32)
+                vol[grid.mask] = data.T
+                img = nib.Nifti1Image(vol, np.asarray(meta["t1w_from_mni"]) @ grid.affine)
+                img.header.set_zooms((*img.header.get_zooms()[:3], 2.0))
+                bold = scratch / f"sub-{label}_simulation-grid_bold.nii.gz"
+                nib.save(img, bold)
+            _functional(bold, run_builtin, tree, label, scratch, path == "simulation_grid")
+    targets = _run_cli(tree, work / f"{path}_out", _CONFIG)
+    return targets.assign(path=path, seed=seed)
 
 
-def _draw(seed: int, run_builtin: Path, out: Path, derivative: bool,
+def _draw(seed: int, run_builtin: Path, out: Path, paths: tuple[str, ...],
           reuse: bool = False) -> pd.DataFrame:
+    """Targets of one draw along each path; ``seed-N/targets_<path>.tsv`` per path."""
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     work = out / f"seed-{seed}"
-    if reuse and (work / "targets.tsv").is_file():
-        return pd.read_csv(work / "targets.tsv", sep="\t")
     work.mkdir(parents=True, exist_ok=True)
-    frames = [_builtin_draw(seed, run_builtin, work)]
-    if derivative:
-        frames.append(_derivative_draw(seed, work))
-    table = pd.concat(frames, ignore_index=True)
-    table.to_csv(work / "targets.tsv", sep="\t", index=False)
-    for sub in ("raw", "scratch", "deriv"):  # keep targets and the pipeline outputs only
+    frames, raw, signals = [], None, None
+    for path in paths:
+        done = work / f"targets_{path}.tsv"
+        if reuse and done.is_file():
+            frames.append(pd.read_csv(done, sep="\t"))
+            continue
+        if path != "derivative" and raw is None:
+            raw, signals = _generate(seed, work)
+        table = _path_targets(path, seed, run_builtin, work, raw, signals)
+        table.to_csv(done, sep="\t", index=False)
+        frames.append(table)
+    for sub in ("raw", "scratch", "derivative", "simulation_frame"):  # keep targets + outputs
         shutil.rmtree(work / sub, ignore_errors=True)
-    return table
+    return pd.concat(frames, ignore_index=True)
 
 
 def summarise(table: pd.DataFrame, raw: Path, limit_mm: float = 6.0) -> dict:
@@ -147,8 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--draws", type=int, default=10,
                     help="number of master seeds, from the sample's own (20241124) upwards")
     ap.add_argument("--jobs", type=int, default=2, help="draws run at once (1 thread each)")
-    ap.add_argument("--no-derivative", action="store_true",
-                    help="skip the derivative-simulator reference column")
+    ap.add_argument("--paths", default="builtin,derivative",
+                    help="comma-separated, of: " + "; ".join(f"{k}: {v}" for k, v in PATHS.items()))
     ap.add_argument("--out", type=Path, default=Path("realisations"),
                     help="work folder (one seed-N/ per draw, kept: targets and pipeline outputs)")
     ap.add_argument("--reuse", action="store_true",
@@ -161,12 +250,15 @@ def main(argv: list[str] | None = None) -> int:
     if not (run_builtin / "sub-01" / "anat").is_dir():
         raise SystemExit(f"{run_builtin} has no built-in anatomical outputs: run "
                          "`tmstarget data_sample_raw RUN participant` first")
+    paths = tuple(p.strip() for p in args.paths.split(",") if p.strip())
+    unknown = sorted(set(paths) - set(PATHS))
+    if unknown:
+        raise SystemExit(f"unknown --paths {unknown}; choose from {sorted(PATHS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     seeds = [SAMPLE_SEED + k for k in range(args.draws)]
     frames = []
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(_draw, s, run_builtin, args.out, not args.no_derivative,
-                               args.reuse): s
+        futures = {pool.submit(_draw, s, run_builtin, args.out, paths, args.reuse): s
                    for s in seeds}
         for fut in as_completed(futures):
             frames.append(fut.result())  # a failed draw stops the script with its error
@@ -181,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
                           "platform": platform.platform(), "itk_threads": 1,
                           "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime())}
+    summary["paths"] = {p: PATHS[p] for p in paths}
     summary["data"] = {"sample": "data_sample_raw (SIMULATED BOLD on real Colin27 anatomy)",
                        "draws": len(seeds), "master_seeds": seeds,
                        "anatomy_from": "a finished built-in run of data_sample_raw"}
@@ -189,10 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(summary, indent=1) + "\n")
     table.to_csv(args.results.with_suffix(".tsv"), sep="\t", index=False)
     print(table.to_string(index=False))
-    for path in ("builtin", "derivative"):
+    for path in paths:
         for method in METHODS:
             for pid, s in summary.get(path, {}).get(method, {}).items():
-                print(f"{path:10s} {method:8s} {pid}: {s['within_limit']}/{s['n']} within "
+                print(f"{path:16s} {method:8s} {pid}: {s['within_limit']}/{s['n']} within "
                       f"{summary['limit_mm']} mm, median {s['median_mm']} mm, max {s['max_mm']} mm")
     return 0
 
