@@ -262,16 +262,24 @@ def test_builtin_stage_reruns_are_bit_identical(tmp_path):
     assert not differ, f"outputs differ between two identical runs: {differ}"
 
 
-def test_functions_swapped_by_the_ablation_diagnostic_still_exist():
-    """``benchmarks/ablate_raw_target.py`` (not run in CI) replaces these private functions by the
-    truth; a rename would otherwise break it only when someone next needs it."""
+def test_functions_swapped_by_the_benchmark_diagnostics_still_exist():
+    """``benchmarks/ablate_raw_target.py`` and ``raw_target_realisations.py`` (not run in CI)
+    replace these private functions by the truth or capture the simulated signal through them; a
+    rename would otherwise break them only when someone next needs them."""
     import tmstarget.builtin as bi
+    import tmstarget.simulate as sim
     import tmstarget.simulate_raw as sr
 
-    script = (REPO / "benchmarks" / "ablate_raw_target.py").read_text()
-    swapped = {bi: ("_motion_correct", "_coregister"), sr: ("simulate_run", "_raw_motion")}
-    for module, names in swapped.items():
-        for name in names:
-            assert callable(getattr(module, name, None)), f"{module.__name__}.{name} is gone"
-            assert f".{name}" in script, f"the ablation script no longer uses {name}"
-    assert "functional_workflow" in script
+    swapped = {
+        "ablate_raw_target.py": {bi: ("_motion_correct", "_coregister"),
+                                 sr: ("simulate_run", "_raw_motion")},
+        "raw_target_realisations.py": {bi: ("_motion_correct", "_coregister"),
+                                       sr: ("simulate_run",), sim: ("_write_run",)},
+    }
+    for script_name, modules in swapped.items():
+        script = (REPO / "benchmarks" / script_name).read_text()
+        assert "functional_workflow" in script
+        for module, names in modules.items():
+            for name in names:
+                assert callable(getattr(module, name, None)), f"{module.__name__}.{name} is gone"
+                assert f".{name}" in script, f"{script_name} no longer uses {name}"
