@@ -225,7 +225,8 @@ def summarise(table: pd.DataFrame, raw: Path, limit_mm: float = 6.0) -> dict:
         summary.setdefault(path, {}).setdefault(method, {})[pid] = {
             "n": int(d.size), "within_limit": int((d <= limit_mm).sum()),
             "median_mm": round(float(np.median(d)), 2), "max_mm": round(float(d.max()), 2),
-            "mm_to_truth": [round(float(x), 2) for x in d]}
+            "mm_to_truth_by_seed": {int(k): round(float(x), 2)
+                                    for k, x in zip(g.seed, d, strict=True)}}
     return summary
 
 
@@ -263,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         for fut in as_completed(futures):
             frames.append(fut.result())  # a failed draw stops the script with its error
             print(f"seed {futures[fut]} done ({len(frames)}/{len(seeds)})", flush=True)
-    table = pd.concat(frames, ignore_index=True)
+    table = pd.concat(frames, ignore_index=True).sort_values("seed", kind="stable")
     summary = summarise(table, REPO / "data_sample_raw")
     cols = ["path", "seed", "participant_id", "method", "x", "y", "z", "r", "mm_to_truth",
             "mm_to_template_position"]

@@ -97,25 +97,24 @@ def test_fmriprep_like_tree(raw_run):
 
 
 def test_targets_near_planted_truth(raw_run):
-    """Cluster targets within 6 mm of the planted truth; classic targets within 15 mm.
+    """Cluster targets within 6 mm of the planted truth; classic targets within 10 mm.
 
     Measured (fox2012; the built-in stage is deterministic, two runs gave identical targets):
-    sub-01 classic 1.7 mm, cluster 1.5 mm; sub-02 classic 7.7 mm, cluster 4.7 mm (with
-    multi-threaded ANTs, before: classic 7.7-10.3 mm, cluster 4.5-5.4 mm over four runs). The
-    truth is in Colin27's world and the pipeline normalises to the template (~3 mm apart there,
-    ``truth/landmarks.tsv``). The sub-02 classic miss is not motion correction or
-    coregistration (``benchmarks/ablate_raw_target.py``: the true motion and coregistration in
-    place of the estimates, or a motion-free twin, leave it within 0.6 mm of where it is);
-    this participant's simulated map on the 2 mm simulation grid already puts it 5.9 mm away
-    (README). The issue's
-    "classic within 6 mm" is NOT met for sub-02; the 15 mm bound
-    only guards against gross failures (wrong side, failed registration: > 20 mm).
+    sub-01 classic 1.7 mm, cluster 1.5 mm; sub-02 classic 7.7 mm, cluster 4.7 mm. The issue's
+    "classic within 6 mm" is NOT met by the sample's sub-02. Over ten draws of the twin
+    (``benchmarks/raw_target_realisations.py``: signal, noise and motion re-drawn; this sample is
+    one of them) the built-in path puts classic within 6 mm in 18 of 20 participant-draws (worst
+    9.1 mm) and cluster in 20 of 20 (worst 4.7 mm); the draw's own 2 mm signal analysed with no
+    acquisition and no normalisation misses 6 mm about as often, so the spread is the single-voxel
+    target on the simulated focus, not the preprocessing (README, Raw BIDS). The 10 mm classic
+    bound sits above the worst draw and still catches a failed registration or a wrong side
+    (> 20 mm).
     """
     out = _ok(raw_run)
     truth = pd.read_csv(RAW / "truth.tsv", sep="\t")
     targets = pd.read_csv(out / "targets.tsv", sep="\t")
     for _, t in truth.iterrows():
-        for method, limit in (("cluster", 6.0), ("classic", 15.0)):
+        for method, limit in (("cluster", 6.0), ("classic", 10.0)):
             row = targets[(targets.participant_id == t.participant_id)
                           & (targets.method == method)]
             assert len(row) == 1, (t.participant_id, method)
