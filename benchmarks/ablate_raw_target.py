@@ -53,33 +53,22 @@ def _no_motion_twin(out: Path, label: str) -> tuple[Path, Path]:
     Returns the twin's folder and the participant's simulated signal on the 2 mm simulation
     grid written as a 4D image in its T1w world (the ``simulation_grid`` variant's BOLD).
     """
-    import nibabel as nib
+    from raw_target_realisations import captured_signals, simulation_grid_bold
 
     import tmstarget.simulate_raw as sr
 
-    signals = []
-    original_motion, original_run = sr._raw_motion, sr.simulate_run
-
-    def keep(rng, grid, *a, **k):
-        data, motion = original_run(rng, grid, *a, **k)
-        signals.append((grid, data))
-        return data, motion
-
+    original_motion = sr._raw_motion
     sr._raw_motion = lambda *a, **k: 0.0 * original_motion(*a, **k)
-    sr.simulate_run = keep
     try:
-        sr.make_raw_dataset(out, clean=True)
+        with captured_signals() as signals:
+            sr.make_raw_dataset(out, clean=True)
     finally:
-        sr._raw_motion, sr.simulate_run = original_motion, original_run
+        sr._raw_motion = original_motion
     index = [s.label for s in sr.RAW_SUBJECTS].index(label)
-    grid, data = signals[index]
+    grid, data, _ = signals[index]
     meta, _ = sr.read_truth(out, label)
-    vol = np.zeros((*grid.mask.shape, data.shape[0]), dtype=np.float32)
-    vol[grid.mask] = data.T
-    img = nib.Nifti1Image(vol, np.asarray(meta["t1w_from_mni"]) @ grid.affine)
-    img.header.set_zooms((*img.header.get_zooms()[:3], 2.0))
-    grid_bold = out / f"sub-{label}_simulation-grid_bold.nii.gz"
-    nib.save(img, grid_bold)
+    grid_bold = simulation_grid_bold(grid, data, meta["t1w_from_mni"],
+                                     out / f"sub-{label}_simulation-grid_bold.nii.gz")
     return out, grid_bold
 
 

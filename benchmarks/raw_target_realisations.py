@@ -54,7 +54,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -92,8 +94,10 @@ PATHS = {
 _CONFIG = "native:\n  enabled: false\nreproducibility:\n  enabled: false\n"
 
 
-def _generate(seed: int, work: Path) -> tuple[Path, dict]:
-    """Write the raw twin for ``seed``; return it and each participant's simulated signal."""
+@contextmanager
+def captured_signals() -> Iterator[list]:
+    """While active, every :func:`tmstarget.simulate_raw.make_raw_dataset` call appends each
+    participant's ``(grid, data, motion)`` from ``simulate_run`` (in ``RAW_SUBJECTS`` order)."""
     import tmstarget.simulate_raw as sr
 
     signals: list = []
@@ -106,10 +110,29 @@ def _generate(seed: int, work: Path) -> tuple[Path, dict]:
 
     sr.simulate_run = keep
     try:
-        sr.make_raw_dataset(work / "raw", seed=seed, clean=True)
+        yield signals
     finally:
         sr.simulate_run = original
-    return work / "raw", {spec.label: sig for spec, sig in zip(sr.RAW_SUBJECTS, signals)}
+
+
+def simulation_grid_bold(grid, data: np.ndarray, t1w_from_mni, path: Path) -> Path:
+    """Write a participant's simulated signal on the 2 mm simulation grid as a 4D image placed
+    in its T1w world by the known affine (no acquisition), TR 2 s."""
+    vol = np.zeros((*grid.mask.shape, data.shape[0]), dtype=np.float32)
+    vol[grid.mask] = data.T
+    img = nib.Nifti1Image(vol, np.asarray(t1w_from_mni) @ grid.affine)
+    img.header.set_zooms((*img.header.get_zooms()[:3], 2.0))
+    nib.save(img, path)
+    return path
+
+
+def _generate(seed: int, work: Path) -> tuple[Path, dict]:
+    """Write the raw twin for ``seed``; return it and each participant's simulated signal."""
+    from tmstarget.simulate_raw import RAW_SUBJECTS, make_raw_dataset
+
+    with captured_signals() as signals:
+        make_raw_dataset(work / "raw", seed=seed, clean=True)
+    return work / "raw", {spec.label: sig for spec, sig in zip(RAW_SUBJECTS, signals)}
 
 
 def _builtin_tree(run_builtin: Path, tree: Path) -> None:
@@ -176,12 +199,8 @@ def _path_targets(path: str, seed: int, run_builtin: Path, work: Path, raw: Path
             else:  # simulation_grid: the 2 mm signal placed in the T1w world by the known affine
                 grid, data, _ = signals[label]
                 meta, _ = read_truth(raw, label)
-                vol = np.zeros((*grid.mask.shape, data.shape[0]), dtype=np.float32)
-                vol[grid.mask] = data.T
-                img = nib.Nifti1Image(vol, np.asarray(meta["t1w_from_mni"]) @ grid.affine)
-                img.header.set_zooms((*img.header.get_zooms()[:3], 2.0))
-                bold = scratch / f"sub-{label}_simulation-grid_bold.nii.gz"
-                nib.save(img, bold)
+                bold = simulation_grid_bold(grid, data, meta["t1w_from_mni"],
+                                            scratch / f"sub-{label}_simulation-grid_bold.nii.gz")
             _functional(bold, run_builtin, tree, label, scratch, path == "simulation_grid")
     targets = _run_cli(tree, work / f"{path}_out", _CONFIG)
     return targets.assign(path=path, seed=seed)
@@ -219,7 +238,7 @@ def summarise(table: pd.DataFrame, raw: Path, limit_mm: float = 6.0) -> dict:
                  ["x_template", "y_template", "z_template"]].to_numpy(float)
     table["mm_to_truth"] = np.linalg.norm(xyz - planted, axis=1).round(2)
     table["mm_to_template_position"] = np.linalg.norm(xyz - tpl, axis=1).round(2)
-    summary: dict = {"limit_mm": limit_mm, "seeds": sorted(set(table.seed.tolist()))}
+    summary: dict = {"limit_mm": limit_mm}
     for (path, method, pid), g in table.groupby(["path", "method", "participant_id"]):
         d = g.mm_to_truth.to_numpy()
         summary.setdefault(path, {}).setdefault(method, {})[pid] = {

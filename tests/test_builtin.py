@@ -272,7 +272,7 @@ def test_functions_swapped_by_the_benchmark_diagnostics_still_exist():
 
     swapped = {
         "ablate_raw_target.py": {bi: ("_motion_correct", "_coregister"),
-                                 sr: ("simulate_run", "_raw_motion")},
+                                 sr: ("_raw_motion",)},
         "raw_target_realisations.py": {bi: ("_motion_correct", "_coregister"),
                                        sr: ("simulate_run",), sim: ("_write_run",)},
     }
