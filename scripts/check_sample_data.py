@@ -24,13 +24,9 @@ from nilearn.interfaces.fmriprep import load_confounds
 from scipy import ndimage as ndi
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from tmstarget.regions import (
-    SGACC_CENTER_MM,
-    SGACC_RADIUS_MM,
-    default_search_region,
-    sphere_mask,
-    voxel_centers_mm,
-)
+from tmstarget.regions import default_search_region, sphere_mask, voxel_centers_mm  # noqa: E402
+from tmstarget.simulate import SIM_SGACC_CENTER_MM as SGACC_CENTER_MM  # noqa: E402
+from tmstarget.simulate import SIM_SGACC_RADIUS_MM as SGACC_RADIUS_MM  # noqa: E402
 
 
 def clean_run(bold: Path, gsr: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -38,16 +34,21 @@ def clean_run(bold: Path, gsr: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray
     mask_path = Path(str(bold).replace("desc-preproc_bold", "desc-brain_mask"))
     mimg = nib.load(mask_path)
     mask = np.asarray(mimg.dataobj) > 0
-    strategy = ["motion", "wm_csf", "scrub", "non_steady_state"] + (["global_signal"] if gsr else [])
+    strategy = ["motion", "wm_csf"] + (["global_signal"] if gsr else [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        conf, sample_mask = load_confounds(
+        conf, _ = load_confounds(
             str(bold), strategy=tuple(strategy), motion="basic", wm_csf="basic",
-            global_signal="basic", scrub=0, fd_threshold=0.5, std_dvars_threshold=1e9)
+            global_signal="basic")
+    # No scrubbing here: nilearn's sample_mask path leaks censored volumes (README, "Known
+    # upstream issues"); the leading non-steady-state volumes are dropped by hand.
+    raw = pd.read_csv(str(bold).split("_space-")[0] + "_desc-confounds_timeseries.tsv", sep="\t")
+    nss = [c for c in raw.columns if c.startswith("non_steady_state_outlier")]
+    n0 = int((raw[nss].to_numpy() > 0).any(axis=1).sum()) if nss else 0
     img = image.smooth_img(str(bold), 6.0)
-    x = np.asarray(img.dataobj, dtype=np.float64)[mask].T
+    x = np.asarray(img.dataobj, dtype=np.float64)[mask].T[n0:]
     tr = float(img.header.get_zooms()[3])
-    y = signal.clean(x, confounds=conf.values, sample_mask=sample_mask, detrend=True,
+    y = signal.clean(x, confounds=conf.values[n0:], detrend=True,
                      standardize="zscore_sample", filter="butterworth", low_pass=0.08,
                      high_pass=0.009, t_r=tr)
     return y, mask, mimg.affine

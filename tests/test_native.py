@@ -357,3 +357,42 @@ def test_laterality_recorded_on_a_good_subject(tmp_path: Path) -> None:
     assert lat["passed"] and lat["hemisphere_mni"] == "left"
     assert lat["jacobian_determinant"] == pytest.approx(1.0, abs=1e-3)
     assert lat["target_x_minus_brain_centre_x_mm"] < -10
+
+
+def test_field_of_view_is_checked_for_every_component(tmp_path: Path) -> None:
+    """A composite (field, then affine) must check each field as the point reaches it.
+
+    Regression: only the first component was checked. Also pins the nitransforms behaviour the
+    margin guards against: a zero displacement field mapped 3 mm of a 10 mm grid from its edge
+    moves the point by > 1 mm.
+    """
+    import warnings
+
+    from tmstarget.itk import write_itk_h5_composite
+    from tmstarget.native import FIELD_EDGE_MARGIN_VOXELS, load_point_transform
+
+    warnings.simplefilter("ignore")
+    xfm = load_point_transform(write_itk_h5_composite(
+        tmp_path / "x.h5", np.eye(4), warp_shape=(21, 21, 21), warp_spacing=10.0))
+    field = xfm.xfm.transforms[0]
+    assert abs(field.map([[-97.0, 0, 0]])[0, 0] + 97.0) > 1.0  # the upstream inaccuracy
+    assert np.allclose(xfm.map([[-60.0, 5, 5]]), [[-60.0, 5, 5]], atol=1e-6)
+    for bad in ([-97.0, 0, 0], [0, 0, -100.0 + 10 * FIELD_EDGE_MARGIN_VOXELS - 1]):
+        with pytest.raises(InputError, match="edge of the transform's displacement field"):
+            xfm.map([bad])
+    with pytest.raises(InputError, match="outside the field of view"):
+        xfm.map([[0, 0, 130.0]])
+    # a second field component, reached only after the first moved the point, is checked too
+    from nitransforms.manip import TransformChain
+
+    chain = TransformChain(transforms=[field, field])
+    moved = type(xfm)(xfm.path, xfm.sha256, chain)
+    assert np.allclose(moved.map([[-60.0, 0, 0]]), [[-60.0, 0, 0]], atol=1e-6)
+    from nitransforms.linear import Affine
+
+    shift = np.eye(4)
+    shift[0, 3] = 45.0
+    moved = type(xfm)(xfm.path, xfm.sha256, TransformChain(transforms=[field, Affine(shift),
+                                                                      field]))
+    with pytest.raises(InputError, match="component 3 of 3"):
+        moved.map([[60.0, 0, 0]])  # inside field 1, pushed to x = 105 before field 3

@@ -45,6 +45,18 @@ def _simulate(rng, amp, n_t=400, global_amp=1.0):
     return comb, ts, region, full, rmap, brain
 
 
+def _halves(comb, region):
+    """Two halves of the simulated series as separate datasets, each with its own seed series."""
+    a, b, _ = split_indices(comb.run_lengths, "time")
+    w = sphere_mask(SHAPE, AFF, SGACC_CENTER_MM, 12).astype(float)
+    out = []
+    for idx in (a, b):
+        part = CombinedData(comb.data[idx], comb.voxels, AFF, SHAPE, [len(idx)])
+        ts, _ = seed_timeseries(part, w)
+        out.append(region_data(part, ts, region))
+    return out
+
+
 def test_weighted_correlations_equal_explicit_resampling(target_rng):
     x = target_rng.standard_normal((60, 7))
     s = target_rng.standard_normal(60)
@@ -67,6 +79,19 @@ def test_circular_block_bootstrap_shape_and_determinism():
     assert np.mean(np.abs(np.diff(c1 > 0, axis=1))) < np.mean(np.abs(np.diff(iid > 0, axis=1)))
 
 
+def test_bootstrap_blocks_never_cross_a_run_boundary():
+    lengths = [30, 50, 7]
+    c = circular_block_bootstrap(lengths, 20, 200, seed=5)
+    bounds = np.cumsum([0, *lengths])
+    for i in range(3):  # each run is resampled to its own length, from its own volumes only
+        assert (c[:, bounds[i]:bounds[i + 1]].sum(axis=1) == lengths[i]).all()
+    # a block of 20 inside the 7-volume run is clipped to 7 (every volume once)
+    assert (c[:, bounds[2]:] == 1).all()
+    # with one run it is the classic circular block bootstrap (same draws as before)
+    np.testing.assert_array_equal(circular_block_bootstrap([100], 20, 5, seed=7),
+                                  circular_block_bootstrap(100, 20, 5, seed=7))
+
+
 def test_split_indices_time_and_run():
     a, b, d = split_indices([50, 50], "time", gap_volumes=10)
     assert a.tolist() == list(range(45)) and b.tolist() == list(range(55, 100))
@@ -81,8 +106,7 @@ def test_strong_focus_is_reproducible_and_reliable(target_rng):
     for t in full.values():
         assert np.linalg.norm([t.x - TRUTH[0], t.y - TRUTH[1], t.z - TRUTH[2]]) <= 8.0
     rd = region_data(comb, ts, region)
-    a, b, _ = split_indices(comb.run_lengths, "time")
-    sh = split_half(rd, a, b, full, KW)
+    sh = split_half(*_halves(comb, region), full, KW)
     assert sh["cluster"]["distance_mm"] < 6.0
     assert sh["cluster"]["map_r"] > 0.5
     counts = circular_block_bootstrap(comb.data.shape[0], 20, 60, seed=1)
@@ -102,8 +126,7 @@ def test_no_planted_anticorrelation_is_flagged_unreliable(target_rng):
     rd = region_data(comb, ts, region)
     counts = circular_block_bootstrap(comb.data.shape[0], 20, 60, seed=1)
     _, summ = bootstrap(rd, counts, full, KW)
-    a, b, _ = split_indices(comb.run_lengths, "time")
-    sh = split_half(rd, a, b, full, KW)
+    sh = split_half(*_halves(comb, region), full, KW)
     rows = [{"participant_id": "sub-noise", "session_id": "n/a", "method": "cluster",
              "x": full["cluster"].x, "y": full["cluster"].y, "z": full["cluster"].z,
              "split_half_distance_mm": sh["cluster"]["distance_mm"],
@@ -115,10 +138,9 @@ def test_no_planted_anticorrelation_is_flagged_unreliable(target_rng):
 
 def test_swapping_halves_swaps_outputs(target_rng):
     comb, ts, region, full, *_ = _simulate(target_rng, amp=1.0)
-    rd = region_data(comb, ts, region)
-    a, b, _ = split_indices(comb.run_lengths, "time")
-    ab = split_half(rd, a, b, full, KW)
-    ba = split_half(rd, b, a, full, KW)
+    ha, hb = _halves(comb, region)
+    ab = split_half(ha, hb, full, KW)
+    ba = split_half(hb, ha, full, KW)
     for m in full:
         assert ab[m]["half_a"] == ba[m]["half_b"] and ab[m]["half_b"] == ba[m]["half_a"]
         assert ab[m]["distance_mm"] == pytest.approx(ba[m]["distance_mm"])
@@ -163,3 +185,71 @@ def test_reference_sites_distances(target_rng):
     assert f3["distance_mm"]["cluster"] == pytest.approx(
         np.linalg.norm([t.x + 37, t.y - 26, t.z - 49]))
     assert f3["r"] is not None and -1 <= f3["r"] <= 1
+
+
+def test_two_halves_of_pure_noise_give_maps_that_do_not_correlate(tmp_path):
+    """Honest split-half: halves cleaned as their own problems share nothing but the brain.
+
+    On pure noise, the map correlation of two independent halves is indistinguishable from
+    zero. Cutting halves out of a run cleaned as a whole (what tmstarget did before) shares
+    the filter and the regression fit between them and gives clearly positive correlations:
+    the test checks both, so it would fail if the halves were cut after cleaning again.
+    """
+    import json
+
+    import nibabel as nb
+
+    from tmstarget.denoise import denoise_run, resolve_strategy
+    from tmstarget.seedmap import combine_runs
+    from tmstarget.simulate import compute_confounds, write_confounds
+
+    shape, aff, tr, n_t = (11, 13, 10), np.diag([4.0, 4.0, 4.0, 1.0]), 2.0, 200
+    strategy = resolve_strategy("fox2012", {"smoothing_fwhm": 0})
+    independent, cut = [], []
+    for seed in range(12):
+        rng = np.random.default_rng(seed)
+        root = tmp_path / f"s{seed}"
+        root.mkdir()
+        mask = np.zeros(shape, bool)
+        mask[1:-1, 1:-1, 1:-1] = True
+        vox = np.argwhere(mask)
+        data = 1000 + 10 * rng.standard_normal((n_t, len(vox)))
+        wm = rng.random(len(vox)) < 0.2
+        csf = ~wm & (rng.random(len(vox)) < 0.1)
+        df, meta = compute_confounds(data, wm, csf, np.cumsum(
+            rng.normal(0, 5e-4, (n_t, 6)), axis=0), tr, n_nss=0)
+        vol = np.zeros((*shape, n_t), np.float32)
+        vol[tuple(vox.T)] = data.T
+        img = nb.Nifti1Image(vol, aff)
+        img.header.set_xyzt_units("mm", "sec")
+        img.header["pixdim"][4] = tr
+        nb.save(img, root / "bold.nii.gz")
+        nb.save(nb.Nifti1Image(mask.astype(np.uint8), aff), root / "mask.nii.gz")
+        write_confounds(df, meta, root / "x_desc-confounds_timeseries.tsv")
+        (root / "bold.json").write_text(json.dumps({"RepetitionTime": tr}))
+        run = denoise_run(root / "bold.nii.gz", root / "mask.nii.gz",
+                          root / "x_desc-confounds_timeseries.tsv", root / "bold.json",
+                          strategy, halves=True)
+        region = np.zeros(shape, bool)
+        region[6:, :, :] = True
+        w = np.zeros(shape)
+        w[1:4, 1:4, 1:4] = 1.0
+        rds = []
+        for part in ("half_a", "half_b"):
+            comb = combine_runs([run], part=part)
+            ts, _ = seed_timeseries(comb, w)
+            rds.append(region_data(comb, ts, region))
+        r = [weighted_correlations(rd.x, rd.seed, np.ones((1, rd.x.shape[0])))[0] for rd in rds]
+        independent.append(np.corrcoef(r[0], r[1])[0, 1])
+        comb = combine_runs([run])
+        ts, _ = seed_timeseries(comb, w)
+        rd = region_data(comb, ts, region)
+        h = rd.x.shape[0] // 2
+        sel = np.zeros((2, rd.x.shape[0]))
+        sel[0, :h], sel[1, -h:] = 1, 1
+        rc = weighted_correlations(rd.x, rd.seed, sel)
+        cut.append(np.corrcoef(rc[0], rc[1])[0, 1])
+    ind, cut = np.array(independent), np.array(cut)
+    se = ind.std(ddof=1) / np.sqrt(ind.size)
+    assert abs(ind.mean()) < 3 * se + 0.01, (ind.mean(), se)
+    assert cut.mean() > ind.mean() + 6 * se and cut.mean() > 0.1, (cut.mean(), ind.mean())

@@ -1,17 +1,20 @@
 """Denoising of one fMRIPrep run: named confound strategies, scrubbing, band-pass, smoothing.
 
-The cleaning follows nilearn exactly (``load_confounds`` for the confounds and the censoring
-mask, ``signal.clean`` for detrending, confound regression, censoring and band-pass filtering,
-``zscore_sample`` standardisation, ``smooth_img`` for smoothing) but never builds the full
-voxel x time matrix in float64 and never loads the whole 4D image at once:
+The temporal cleaning itself (which regressors, which volumes are censored, and the linear
+cleaning operator that is right by construction) is :mod:`tmstarget.cleaning`. This module
+applies it to a BOLD file without ever building the full voxel x time matrix in float64 and
+without loading the whole 4D image at once:
 
-* temporal cleaning is one linear operator ``L`` (kept volumes x volumes) shared by every voxel;
-  it is obtained once by cleaning the identity matrix with the very call the reference uses;
+* the run's cleaning is one linear operator ``L`` (kept volumes x volumes) shared by every
+  voxel; with reproducibility on, the operators of the run's two halves -- each half cleaned
+  as its own problem (:func:`tmstarget.cleaning.split_keep`) -- are stacked under it, so one
+  pass over the file gives the full-run series and the two independent halves;
 * the 4D file is streamed in chunks of volumes; each chunk is smoothed in space (smoothing acts
   on each volume independently), masked, and accumulated as ``Y += L[:, chunk] @ X_chunk``
-  (in place, BLAS ``sgemm`` with ``beta=1``; all-zero columns of ``L`` -- censored volumes --
-  skipped);
-* ``Y`` (float32, kept x brain voxels) is then z-scored per voxel, in blocks of voxels.
+  (in place, BLAS ``sgemm`` with ``beta=1``; the all-zero columns of ``L`` -- censored and
+  non-steady-state volumes -- are skipped, so what those volumes hold is never read into the
+  result);
+* each part of ``Y`` (float32, rows x brain voxels) is then z-scored per voxel, in blocks.
 
 Reading and smoothing (:class:`_VolumeStream`): a background thread decompresses the file once,
 sequentially (ISA-L's ``igzip`` when the ``isal`` package is installed, else ``gzip``), into a
@@ -21,32 +24,37 @@ main thread does the y and z passes (only where later passes need them) and the 
 decompression overlaps with computation. The Gaussian passes are nilearn's own
 (``scipy.ndimage.gaussian_filter1d``, same sigma, truncation, order and border mode), so the
 values inside the mask are those of smoothing the whole volume. Peak memory is ``Y`` plus a
-few chunk buffers (1,200 volumes of a 2 mm MNI run: ~2.2 GB; see ``benchmarks/``).
+few chunk buffers (see ``benchmarks/``).
 
-``tests/test_denoise.py`` proves the result equals ``nilearn.maskers.NiftiMasker`` with the same
-settings to float32 precision for every named strategy, with and without censoring.
+``tests/test_denoise.py`` checks the result against a per-voxel implementation written in the
+test from the method's description (plain numpy/scipy), against two properties any correct
+scrubbing has (the content of a censored volume cannot matter; censoring the last volumes
+equals deleting them), and -- for runs without censoring only -- against
+``nilearn.maskers.NiftiMasker``.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
-import math
 import queue
 import threading
 import time
-import warnings
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 import nibabel as nb
 import numpy as np
-import pandas as pd
 
-from .errors import ConfigError, InputError
+from .cleaning import (STRATEGIES, Strategy, censoring, cleaning_operator, fd_summary,
+                       read_confounds, read_confounds_metadata, resolve_strategy,
+                       select_regressors, split_keep, stack_operators)
+from .errors import InputError
 from .io import atomic_write
+
+__all__ = ["STRATEGIES", "Strategy", "DenoisedRun", "denoise_run", "load_denoised",
+           "resolve_strategy", "save_denoised"]
 
 #: Volumes read per chunk when streaming a 4D file.
 CHUNK_VOLUMES = 50
@@ -57,107 +65,6 @@ MAX_CONSTANT_FRACTION = 0.10
 LAST_TIMINGS: dict[str, float] = {}
 
 
-@dataclass(frozen=True)
-class Strategy:
-    """A named denoising strategy (what is regressed out and how the data are filtered).
-
-    Attributes
-    ----------
-    name : str
-        Name recorded in every output (``fox2012``, ``36p``, ``acompcor``).
-    confounds : tuple of str
-        ``strategy`` argument of :func:`nilearn.interfaces.fmriprep.load_confounds`.
-    motion, wm_csf, global_signal : str
-        Expansion of each confound family (``basic``, ``derivatives``, ``power2``, ``full``).
-    compcor : str
-        CompCor flavour (used when ``"compcor"`` is in ``confounds``).
-    n_compcor : int or "all"
-        Number of CompCor components.
-    high_pass, low_pass : float or None
-        Butterworth band-pass edges in Hz.
-    smoothing_fwhm : float or None
-        Isotropic Gaussian smoothing in mm (None or 0 = none).
-    detrend : bool
-        Remove a linear trend.
-    reference : str
-        Where the strategy comes from.
-    """
-
-    name: str
-    confounds: tuple[str, ...]
-    motion: str = "basic"
-    wm_csf: str = "basic"
-    global_signal: str = "basic"
-    compcor: str = "anat_combined"
-    n_compcor: int | str = 5
-    high_pass: float | None = 0.01
-    low_pass: float | None = 0.08
-    smoothing_fwhm: float | None = 6.0
-    detrend: bool = True
-    reference: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready description (recorded in every sidecar)."""
-        d = asdict(self)
-        d["confounds"] = list(self.confounds)
-        return d
-
-
-STRATEGIES: dict[str, Strategy] = {
-    "fox2012": Strategy(
-        "fox2012", ("motion", "wm_csf", "global_signal", "scrub", "non_steady_state"),
-        motion="basic", wm_csf="basic", global_signal="basic",
-        high_pass=0.009, low_pass=0.08, smoothing_fwhm=6.0,
-        reference="Fox et al. 2012, Biol Psychiatry 72:595: 6 motion parameters, white matter, "
-                  "CSF and global signal regressed; band-pass 0.009-0.08 Hz; 6 mm FWHM."),
-    "36p": Strategy(
-        "36p", ("motion", "wm_csf", "global_signal", "scrub", "non_steady_state"),
-        motion="full", wm_csf="full", global_signal="full",
-        high_pass=0.01, low_pass=0.08, smoothing_fwhm=6.0,
-        reference="Satterthwaite et al. 2013 / Ciric et al. 2017: 36 parameters (motion, WM, "
-                  "CSF, global signal with derivatives and squares); band-pass 0.01-0.08 Hz."),
-    "acompcor": Strategy(
-        "acompcor", ("motion", "high_pass", "compcor", "scrub", "non_steady_state"),
-        motion="full", compcor="anat_combined", n_compcor=5,
-        high_pass=0.01, low_pass=0.08, smoothing_fwhm=6.0,
-        reference="Behzadi et al. 2007 / Muschelli et al. 2014: 24 motion parameters + 5 "
-                  "anatomical CompCor components (WM+CSF), no global signal; band-pass "
-                  "0.01-0.08 Hz. fMRIPrep's cosine regressors are included because CompCor was "
-                  "computed on high-pass filtered data."),
-}
-
-
-def resolve_strategy(name: str, overrides: Mapping[str, Any] | None = None) -> Strategy:
-    """Return a named strategy with optional overrides (``None`` values are ignored).
-
-    Parameters
-    ----------
-    name : str
-        One of :data:`STRATEGIES`.
-    overrides : mapping, optional
-        ``smoothing_fwhm``, ``high_pass``, ``low_pass``.
-
-    Raises
-    ------
-    ConfigError
-        Unknown name or impossible band.
-    """
-    if name not in STRATEGIES:
-        raise ConfigError(None, f"denoise.strategy '{name}' is not known; choose one of "
-                          f"{', '.join(STRATEGIES)}.")
-    s = STRATEGIES[name]
-    changes = {k: (float(v) if v is not None else None)
-               for k, v in (overrides or {}).items() if v is not None}
-    unknown = set(changes) - {"smoothing_fwhm", "high_pass", "low_pass"}
-    if unknown:
-        raise ConfigError(None, f"cannot override {sorted(unknown)} of a denoising strategy.")
-    s = replace(s, **changes)
-    if s.high_pass is not None and s.low_pass is not None and s.high_pass >= s.low_pass:
-        raise ConfigError(None, f"denoise.high_pass ({s.high_pass} Hz) must be below denoise.low_pass "
-                          f"({s.low_pass} Hz).")
-    return s
-
-
 @dataclass
 class DenoisedRun:
     """One run after denoising.
@@ -165,7 +72,7 @@ class DenoisedRun:
     Attributes
     ----------
     data : numpy.ndarray
-        float32 (kept volumes, voxels), each voxel z-scored (``zscore_sample``).
+        float32 (kept volumes, voxels), each voxel z-scored (sample SD, ddof=1).
     voxels : numpy.ndarray
         int32 (voxels, 3) voxel indices, in ``numpy.nonzero`` (C) order.
     affine : numpy.ndarray
@@ -177,7 +84,12 @@ class DenoisedRun:
     tr : float
         Repetition time (s).
     qc : dict
-        Quality numbers (volumes, censoring, FD, strategy, ...).
+        Quality numbers (volumes, censoring, FD, strategy, regressors, ...).
+    halves : tuple of numpy.ndarray, optional
+        The run's two halves, each cleaned as its own problem (not cut from ``data``), float32
+        (volumes of the half, voxels), z-scored per voxel, same voxels as ``data``.
+    kept_halves : tuple of numpy.ndarray, optional
+        Indices (in the original run) of the volumes of each half.
     """
 
     data: np.ndarray
@@ -187,6 +99,8 @@ class DenoisedRun:
     kept: np.ndarray
     tr: float
     qc: dict[str, Any] = field(default_factory=dict)
+    halves: tuple[np.ndarray, np.ndarray] | None = None
+    kept_halves: tuple[np.ndarray, np.ndarray] | None = None
 
 
 # --------------------------------------------------------------------------- validation
@@ -254,84 +168,6 @@ def _repetition_time(img: nb.Nifti1Image, bold: Path, bold_json: Path | None) ->
     return tr
 
 
-def _load_confounds(bold: Path, confounds: Path, n_vols: int, strategy: Strategy,
-                    fd_threshold: float, std_dvars_threshold: float | None,
-                    min_segment: int) -> tuple[pd.DataFrame, np.ndarray | None, pd.DataFrame]:
-    if not Path(confounds).is_file():
-        raise InputError(confounds, "the confounds file does not exist.",
-                         "Check the fMRIPrep output for this run.")
-    try:
-        raw = pd.read_csv(confounds, sep="\t")
-    except Exception as exc:
-        raise InputError(confounds, f"the confounds TSV cannot be read ({exc}).",
-                         "Regenerate it with fMRIPrep.") from exc
-    if len(raw) != n_vols:
-        raise InputError(confounds, f"the confounds table has {len(raw)} rows but the BOLD "
-                         f"run {Path(bold).name} has {n_vols} volumes.",
-                         "The confounds file belongs to another run or was truncated: use the "
-                         "one fMRIPrep wrote beside this BOLD file.")
-    bad = [c for c in raw.columns if not pd.api.types.is_numeric_dtype(raw[c])]
-    if bad:
-        raise InputError(confounds, f"non-numeric values in column(s) {', '.join(bad[:5])}.",
-                         "Only numbers and 'n/a' are allowed in a confounds TSV.")
-    from nilearn.interfaces.fmriprep import load_confounds
-
-    kwargs: dict[str, Any] = {
-        "strategy": strategy.confounds, "motion": strategy.motion, "wm_csf": strategy.wm_csf,
-        "global_signal": strategy.global_signal, "scrub": int(min_segment),
-        "fd_threshold": float(fd_threshold),
-        "std_dvars_threshold": float(std_dvars_threshold) if std_dvars_threshold else math.inf,
-        "demean": True,
-    }
-    if "compcor" in strategy.confounds:
-        kwargs.update(compcor=strategy.compcor, n_compcor=strategy.n_compcor)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            conf, sample_mask = load_confounds(str(bold), **kwargs)
-    except Exception as exc:
-        raise InputError(confounds, f"the confounds needed by strategy '{strategy.name}' could "
-                         f"not be loaded: {exc}",
-                         "Check that the file is an fMRIPrep confounds table with its JSON "
-                         "sidecar, or choose another denoise.strategy.") from exc
-    if sample_mask is not None and len(sample_mask) == 0:
-        raise InputError(bold, f"every volume of this run is censored (framewise displacement "
-                         f"above {fd_threshold} mm or non-steady-state).",
-                         "The run has too much motion to be used: exclude it, or, knowingly, "
-                         "raise denoise.fd_threshold.")
-    if conf is None or conf.shape[1] == 0:
-        raise InputError(confounds, f"no confound columns were found for strategy "
-                         f"'{strategy.name}'.", "Choose a strategy the file supports.")
-    if not np.all(np.isfinite(conf.to_numpy(dtype=float))):
-        cols = [c for c in conf.columns if not np.all(np.isfinite(conf[c]))]
-        raise InputError(confounds, f"missing or infinite values in {', '.join(cols[:5])}.",
-                         "Repair the confounds table (only the first row of derivative "
-                         "columns may be 'n/a').")
-    return conf, (None if sample_mask is None else np.asarray(sample_mask, dtype=int)), raw
-
-
-def cleaning_operator(n_volumes: int, confounds: np.ndarray | None,
-                      sample_mask: np.ndarray | None, tr: float,
-                      strategy: Strategy) -> np.ndarray:
-    """The temporal cleaning operator ``L`` (kept volumes x volumes).
-
-    ``L @ x`` equals ``nilearn.signal.clean(x, ..., standardize=False)`` for any time series
-    ``x`` of the run, because that cleaning is linear in ``x``; ``L`` is obtained by cleaning the
-    identity matrix with the same call.
-    """
-    from nilearn import signal
-
-    eye = np.eye(n_volumes, dtype=np.float64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        op = signal.clean(eye, detrend=strategy.detrend, standardize=False,
-                          confounds=confounds, standardize_confounds=True,
-                          sample_mask=sample_mask, filter="butterworth"
-                          if (strategy.low_pass or strategy.high_pass) else False,
-                          low_pass=strategy.low_pass, high_pass=strategy.high_pass, t_r=tr)
-    return np.ascontiguousarray(op, dtype=np.float64)
-
-
 _ZSCORE_BLOCK = 8192
 _N_BOXES = 3
 
@@ -346,7 +182,7 @@ class _VolumeStream:
     kernel's radius and smoothed with the same separable Gaussian (``gaussian_filter1d``,
     axes x, y, z in that order, same sigma and truncation, ``reflect`` at the image border) as
     ``nilearn.image.smooth_img``; results inside the box are identical to smoothing the whole
-    volume. Iterating yields ``(first, stop, x, n_bad)`` with ``x`` float32 (volumes, brain
+    volume. Iterating yields ``(first, stop, x, bad)`` with ``x`` float32 (volumes, brain
     voxels) in the order of ``np.argwhere(mask)``.
     """
 
@@ -457,10 +293,10 @@ class _VolumeStream:
                 # non-finite values, then the x pass of the smoothing here: this thread has
                 # spare time while the consumer smooths along y and z and multiplies
                 flat2d = box.reshape(b - a, -1)
-                n_bad = 0
+                n_bad = None  # (volumes, brain voxels) bool where a value is not finite
                 if not np.isfinite(flat2d.sum(dtype=np.float64)):  # cheap test, exact fallback
                     finite = np.isfinite(flat2d)
-                    n_bad = int((~finite[:, self.flat]).any(axis=0).sum())
+                    n_bad = ~finite[:, self.flat]
                     flat2d[~finite] = 0.0  # as nilearn's ensure_finite before smoothing
                     del finite
                 if self.sigma[0] > 0:
@@ -545,24 +381,33 @@ class _VolumeStream:
 def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
                 bold_json: str | Path | None, strategy: Strategy, fd_threshold: float = 0.5,
                 std_dvars_threshold: float | None = None, min_segment: int = 5,
-                chunk_volumes: int = CHUNK_VOLUMES) -> DenoisedRun:
+                chunk_volumes: int = CHUNK_VOLUMES, halves: bool = False,
+                gap_seconds: float = 0.0,
+                extra_regressors: tuple[np.ndarray, list[str]] | None = None) -> DenoisedRun:
     """Denoise one preprocessed BOLD run inside its brain mask.
 
     Parameters
     ----------
     bold, mask, confounds, bold_json : path
         fMRIPrep's ``desc-preproc_bold``, ``desc-brain_mask``, ``desc-confounds_timeseries.tsv``
-        (its ``.json`` beside it) and the BOLD JSON sidecar.
+        (its ``.json`` beside it) and the BOLD JSON sidecar. The confounds are read from
+        ``confounds`` itself (never looked up from the BOLD file's name).
     strategy : Strategy
-        See :data:`STRATEGIES` and :func:`resolve_strategy`.
+        See :data:`tmstarget.cleaning.STRATEGIES` and :func:`resolve_strategy`.
     fd_threshold : float
         Framewise displacement (mm) above which a volume is censored.
     std_dvars_threshold : float or None
         Standardised DVARS above which a volume is censored (None: not used).
     min_segment : int
-        Runs of kept volumes shorter than this are censored too.
+        Stretches of uncensored volumes shorter than this are censored too.
     chunk_volumes : int
         Volumes read at a time (memory vs. speed).
+    halves : bool
+        Also clean the run's two halves, each as its own problem, in the same pass.
+    gap_seconds : float
+        Time left out between the halves.
+    extra_regressors : (array (volumes, k), names), optional
+        More regressors (e.g. a task design) cleaned and regressed with the confounds.
 
     Returns
     -------
@@ -585,10 +430,17 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
     shape = tuple(int(s) for s in img.shape[:3])
     mimg = _load_image(mask, "brain mask")
     maff = _check_affine(mimg, mask, "brain mask")
-    if tuple(mimg.shape[:3]) != shape or not np.allclose(maff, aff, atol=1e-3):
-        raise InputError(mask, f"the brain mask's grid {tuple(mimg.shape)} does not match the "
-                         f"BOLD grid {shape} of {bold.name}.",
+    if tuple(mimg.shape[:3]) != shape:
+        raise InputError(mask, f"the brain mask's grid {tuple(mimg.shape[:3])} does not match "
+                         f"the BOLD grid {shape} of {bold.name}.",
                          "Use the brain mask fMRIPrep wrote for this run (same space and res).")
+    if not np.allclose(maff, aff, atol=1e-3):
+        err = float(np.abs(maff - aff).max())
+        raise InputError(mask, f"the brain mask has the BOLD grid's shape {shape} but its "
+                         f"voxel-to-world affine differs from that of {bold.name} by up to "
+                         f"{err:.3g} (mm or mm per voxel): the voxels are not at the same "
+                         "places.", "Use the brain mask fMRIPrep wrote for this run (same "
+                         "space and res).")
     try:
         bmask = np.asarray(mimg.dataobj).reshape(shape) > 0
     except Exception as exc:
@@ -597,51 +449,88 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
     if not bmask.any():
         raise InputError(mask, "the brain mask is empty.", "Use fMRIPrep's brain mask.")
     tr = _repetition_time(img, bold, Path(bold_json) if bold_json else None)
-    conf, sample_mask, raw = _load_confounds(bold, confounds, n_vols, strategy, fd_threshold,
-                                             std_dvars_threshold, min_segment)
-    nss = [c for c in raw.columns if c.startswith("non_steady_state_outlier")]
-    n_nss = int((raw[nss].to_numpy() > 0).any(axis=1).sum()) if nss else 0
-    kept = np.arange(n_vols) if sample_mask is None else np.sort(sample_mask)
+    table = read_confounds(confounds, n_vols, bold.name)
+    meta = read_confounds_metadata(confounds)
+    cens = censoring(table, fd_threshold, std_dvars_threshold, min_segment)
+    keep = cens.keep
+    conf, names = select_regressors(table, meta, strategy, confounds, rows=keep)
+    if extra_regressors is not None:
+        xr, xnames = extra_regressors
+        xr = np.asarray(xr, float)
+        if xr.shape[0] != n_vols or not np.all(np.isfinite(xr)):
+            raise InputError(bold, f"the extra regressors have {xr.shape[0]} rows (or non-"
+                             f"finite values) for a run of {n_vols} volumes.",
+                             "Check the task events file of this run.")
+        conf = np.column_stack([conf, xr])
+        names = [*names, *xnames]
+    if not keep.any():
+        raise InputError(bold, f"every volume of this run is censored (framewise displacement "
+                         f"above {fd_threshold} mm, non-steady-state, or in a stretch shorter "
+                         f"than {min_segment} volumes).",
+                         "The run has too much motion to be used: exclude it, or, knowingly, "
+                         "raise denoise.fd_threshold.")
+    kept = np.flatnonzero(keep)
     if len(kept) < 3:
         raise InputError(bold, f"only {len(kept)} of {n_vols} volumes survive scrubbing.",
                          "This run has too much motion to be used.")
     t_op = time.perf_counter()
-    op = cleaning_operator(n_vols, conf.to_numpy(dtype=float), sample_mask, tr, strategy)
+    parts = [cleaning_operator(keep, conf, tr, strategy, bold)]
+    half_keep: tuple[np.ndarray, np.ndarray] | None = None
+    if halves:
+        ka, kb = split_keep(keep, int(round(float(gap_seconds) / tr)))
+        if ka.sum() < 3:
+            raise InputError(bold, f"too few volumes ({len(kept)}) to split this run into two "
+                             f"halves with a gap of {gap_seconds:g} s.",
+                             "Lower reproducibility.gap_seconds or disable reproducibility.")
+        try:
+            parts += [cleaning_operator(ka, conf, tr, strategy, bold),
+                      cleaning_operator(kb, conf, tr, strategy, bold)]
+        except InputError as exc:
+            raise InputError(bold, f"a half of this run cannot be cleaned on its own: "
+                             f"{exc.problem}", "Disable reproducibility, or use longer runs "
+                             "(split-half reliability needs enough data in each half).") from exc
+        half_keep = (np.flatnonzero(ka), np.flatnonzero(kb))
+    op, slices = stack_operators(parts)
     op32 = op.astype(np.float32)
     t_op = time.perf_counter() - t_op
 
     voxels = np.argwhere(bmask).astype(np.int32)  # C order, as np.nonzero
     out = np.zeros((op.shape[0], len(voxels)), dtype=np.float32)
-    used = np.any(op32 != 0, axis=0)  # volumes that enter the cleaned series at all
+    used = np.any(op32 != 0, axis=0)  # volumes that enter any cleaned series at all
+    assert not used[~keep].any()  # by construction: dropped volumes have zero columns
     from scipy.linalg.blas import sgemm
 
-    n_bad = 0
+    bad_vox = np.zeros(len(voxels), dtype=bool)
     offset: np.ndarray | None = None
     timings = {"read_wait": 0.0, "smooth": 0.0, "matmul": 0.0}
     t0 = time.perf_counter()
     with _VolumeStream(img, bold, bmask, strategy.smoothing_fwhm, aff, chunk_volumes) as stream:
         for a, b, x, bad in stream:  # x: (volumes, brain voxels) float32, smoothed
-            n_bad += bad
             t1 = time.perf_counter()
+            cols = used[a:b]
+            if bad is not None and cols.any():  # only values that enter the result count
+                bad_vox |= bad[cols].any(axis=0)
+            if not cols.any():
+                timings["matmul"] += time.perf_counter() - t1
+                continue
             if offset is None:
                 # L annihilates constants (detrending removes the mean), so subtracting a
                 # per-voxel offset changes nothing but keeps float32 products far from
-                # cancellation.
-                offset = x.mean(axis=0, dtype=np.float64).astype(np.float32)
-            x -= offset
+                # cancellation; taken from used volumes only (a censored volume's content
+                # must not enter even the rounding).
+                offset = x[cols].mean(axis=0, dtype=np.float64).astype(np.float32)
             # out += L[:, a:b] @ x, in place (BLAS gemm with beta=1 on the transposed,
-            # Fortran-ordered view): no (kept x voxels) temporary per chunk. Censored and
-            # non-steady-state volumes have all-zero columns in L: skip them.
-            cols = used[a:b]
+            # Fortran-ordered view): no (rows x voxels) temporary per chunk. Censored and
+            # non-steady-state volumes have all-zero columns in L: never read.
             if cols.all():
-                lx, xx = op32[:, a:b], x
-            elif cols.any():
-                lx, xx = op32[:, a:b][:, cols], x[cols]
+                xx = x
+                xx -= offset
+                lx = op32[:, a:b]
             else:
-                lx = None
-            if lx is not None:
-                sgemm(1.0, xx.T, np.ascontiguousarray(lx).T, beta=1.0, c=out.T,
-                      overwrite_c=True)
+                xx = x[cols]
+                xx -= offset
+                lx = op32[:, a:b][:, cols]
+            sgemm(1.0, xx.T, np.ascontiguousarray(lx).T, beta=1.0, c=out.T, overwrite_c=True)
             timings["matmul"] += time.perf_counter() - t1
         timings["read_wait"] = stream.wait
         timings["smooth"] = stream.smooth
@@ -651,17 +540,13 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
     timings["operator"] = t_op
     LAST_TIMINGS.clear()
     LAST_TIMINGS.update({k: round(v, 3) for k, v in timings.items()})
-    if n_bad:
-        raise InputError(bold, f"{n_bad} voxel(s) inside the brain mask contain NaN or infinite "
-                         "values.", "The BOLD file is damaged: rerun fMRIPrep or repair it.")
-    # z-score (nilearn's "zscore_sample": ddof=1); drop voxels with no signal variance.
-    # Done in blocks of voxels so that no float64 copy of the whole matrix is made.
-    sd = np.empty(out.shape[1], dtype=np.float64)
-    for c0 in range(0, out.shape[1], _ZSCORE_BLOCK):
-        blk = out[:, c0:c0 + _ZSCORE_BLOCK].astype(np.float64)
-        blk -= blk.mean(axis=0)
-        sd[c0:c0 + _ZSCORE_BLOCK] = blk.std(axis=0, ddof=1)
-        out[:, c0:c0 + _ZSCORE_BLOCK] = blk
+    if bad_vox.any():
+        raise InputError(bold, f"{int(bad_vox.sum())} voxel(s) inside the brain mask contain NaN "
+                         "or infinite values in volumes that are used.",
+                         "The BOLD file is damaged: rerun fMRIPrep or repair it.")
+    # z-score each part (sample SD, ddof=1); the full run decides which voxels have no signal.
+    sds = [_center_and_sd(out[sl]) for sl in slices]
+    sd = sds[0]
     ref = float(np.median(sd[sd > 0])) if np.any(sd > 0) else 0.0
     good = sd > 1e-5 * ref if ref > 0 else np.zeros(len(sd), bool)
     n_const = int((~good).sum())
@@ -673,45 +558,90 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
     if n_const:
         out = out[:, good]
         voxels = voxels[good]
-        sd = sd[good]
-    for c0 in range(0, out.shape[1], _ZSCORE_BLOCK):
-        out[:, c0:c0 + _ZSCORE_BLOCK] /= sd[c0:c0 + _ZSCORE_BLOCK].astype(np.float32)
+        sds = [v[good] for v in sds]
+    for sl, v in zip(slices, sds, strict=True):
+        _divide(out[sl], v)
+    data = out[slices[0]]
+    half_data = (out[slices[1]], out[slices[2]]) if half_keep is not None else None
 
-    fd = (raw["framewise_displacement"].fillna(0).to_numpy(dtype=float)
-          if "framewise_displacement" in raw else np.zeros(n_vols))
-    n_censored = n_vols - len(kept) - n_nss
+    fd = fd_summary(table)
+    n_nss = int(cens.non_steady_state.sum())
+    censored = sorted(int(i) for i in np.flatnonzero(~keep))
     qc: dict[str, Any] = {
         "n_volumes": n_vols,
         "n_non_steady_state": n_nss,
-        "n_censored": int(max(n_censored, 0)),
+        "n_censored": int((~keep & ~cens.non_steady_state).sum()),
+        "n_censored_motion": int((cens.motion & ~cens.non_steady_state).sum()),
+        "n_censored_short_segment": int((cens.short_segment & ~cens.motion
+                                         & ~cens.non_steady_state).sum()),
         "n_retained": int(len(kept)),
         "retained_seconds": float(len(kept) * tr),
         "fd": [round(float(v), 5) for v in fd],
         "fd_mean": float(np.mean(fd)),
         "fd_max": float(np.max(fd)),
-        "censored": sorted(set(range(n_vols)) - set(int(k) for k in kept)),
+        "censored": censored,
         "fd_threshold": float(fd_threshold),
         "std_dvars_threshold": std_dvars_threshold,
         "min_segment": int(min_segment),
-        "confound_columns": list(conf.columns),
+        "confound_columns": list(names),
         "n_constant_voxels_dropped": n_const,
         "repetition_time": tr,
         "strategy": strategy.to_dict(),
+        "cleaning": ("non-steady-state and edge-censored volumes dropped; censored volumes "
+                     "inside the run replaced by a cubic spline through the kept volumes "
+                     "(signals and confounds); linear detrend and band-pass of signals and "
+                     "confounds; confounds z-scored and regressed; censored volumes removed "
+                     "(tmstarget.cleaning)"),
     }
-    return DenoisedRun(out, voxels, aff, shape, kept.astype(np.int32), tr, qc)
+    if half_keep is not None:
+        qc["halves"] = {"volumes": [int(len(h)) for h in half_keep],
+                        "first_last": [[int(h[0]), int(h[-1])] for h in half_keep],
+                        "gap_seconds": float(gap_seconds),
+                        "description": "each half of the run cleaned as its own problem "
+                                       "(its own interpolation, detrending, filter and "
+                                       "regression)"}
+    return DenoisedRun(data, voxels, aff, shape, kept.astype(np.int32), tr, qc, half_data,
+                       None if half_keep is None else (half_keep[0].astype(np.int32),
+                                                       half_keep[1].astype(np.int32)))
+
+
+def _center_and_sd(block: np.ndarray) -> np.ndarray:
+    """Centre the columns of ``block`` in place (float64 work in blocks); return their SD."""
+    sd = np.empty(block.shape[1], dtype=np.float64)
+    for c0 in range(0, block.shape[1], _ZSCORE_BLOCK):
+        blk = block[:, c0:c0 + _ZSCORE_BLOCK].astype(np.float64)
+        blk -= blk.mean(axis=0)
+        sd[c0:c0 + _ZSCORE_BLOCK] = blk.std(axis=0, ddof=1) if blk.shape[0] > 1 else 0.0
+        block[:, c0:c0 + _ZSCORE_BLOCK] = blk
+    return sd
+
+
+def _divide(block: np.ndarray, sd: np.ndarray) -> None:
+    """Divide the columns of ``block`` by ``sd`` in place (columns with ``sd == 0`` stay 0)."""
+    safe = np.where(sd > 0, sd, 1.0).astype(np.float32)
+    for c0 in range(0, block.shape[1], _ZSCORE_BLOCK):
+        block[:, c0:c0 + _ZSCORE_BLOCK] /= safe[c0:c0 + _ZSCORE_BLOCK]
 
 
 def save_denoised(run: DenoisedRun, path: str | Path) -> None:
     """Write a :class:`DenoisedRun` to ``.npz`` atomically (temp file + rename)."""
+    extra = {}
+    if run.halves is not None and run.kept_halves is not None:
+        extra = {"half_a": run.halves[0], "half_b": run.halves[1],
+                 "kept_a": run.kept_halves[0], "kept_b": run.kept_halves[1]}
     with atomic_write(path, "wb") as fh:
         np.savez(fh, data=run.data, voxels=run.voxels, affine=run.affine,
                  shape=np.asarray(run.shape), kept=run.kept, tr=np.asarray(run.tr),
-                 qc=np.asarray(json.dumps(run.qc, sort_keys=True)))
+                 qc=np.asarray(json.dumps(run.qc, sort_keys=True)), **extra)
 
 
 def load_denoised(path: str | Path) -> DenoisedRun:
     """Read a file written by :func:`save_denoised`."""
     with np.load(path, allow_pickle=False) as z:
+        halves = kept_halves = None
+        if "half_a" in z.files:
+            halves = (z["half_a"], z["half_b"])
+            kept_halves = (z["kept_a"], z["kept_b"])
         return DenoisedRun(z["data"], z["voxels"], z["affine"],
                            tuple(int(s) for s in z["shape"]), z["kept"], float(z["tr"]),
-                           json.loads(str(z["qc"])))
+                           json.loads(str(z["qc"])), halves, kept_halves)

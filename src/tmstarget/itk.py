@@ -315,3 +315,50 @@ def load_itk_affine(path: PathLike) -> np.ndarray:
     if params is None or fixed is None:
         raise ValueError(f"no affine parameters in {path}")
     return ras_from_itk_parameters(params, fixed)
+
+
+def write_itk_h5_displacement(path: PathLike, displacement_ras: npt.ArrayLike,
+                              grid_affine_ras: npt.ArrayLike) -> Path:
+    """Write a displacement-field-only ITK HDF5 composite (as ANTs/fMRIPrep store fields).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Output ``.h5`` file.
+    displacement_ras : array-like, shape (X, Y, Z, 3)
+        Displacement (RAS+ mm) at each grid point: the point map is ``p -> p + d(p)``
+        (fixed -> moving, see the module docstring).
+    grid_affine_ras : array-like, shape (4, 4)
+        Voxel -> RAS+ mm affine of the field's grid (no shear).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    d = np.asarray(displacement_ras, dtype=np.float64)
+    if d.ndim != 4 or d.shape[3] != 3:
+        raise ValueError("displacement_ras must have shape (X, Y, Z, 3)")
+    lps = LPS_FLIP @ np.asarray(grid_affine_ras, dtype=float)
+    spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
+    direction = lps[:3, :3] / spacing
+    fixed = np.concatenate([np.array(d.shape[:3], float), lps[:3, 3], spacing,
+                            direction.ravel()])
+    d_lps = d.copy()
+    d_lps[..., :2] *= -1.0
+    params = np.moveaxis(d_lps, -1, 0).ravel(order="F").astype("<f4")
+    path = Path(path)
+    with h5py.File(path, "w", libver="earliest", track_order=False) as f:
+        _write_string(f, "HDFVersion", "tmstarget")
+        _write_string(f, "ITKVersion", "n/a (written by tmstarget.itk)")
+        _write_string(f, "OSName", "n/a")
+        _write_string(f, "OSVersion", "n/a")
+        tg = f.create_group("TransformGroup")
+        g0 = tg.create_group("0")
+        _write_string(g0, "TransformType", _COMPOSITE_TYPE)
+        g1 = tg.create_group("1")
+        _write_string(g1, "TransformType", _FIELD_TYPE)
+        _write_array(g1, "TransformFixedParameters", fixed.astype("<f8"))
+        g1.create_dataset("TransformParameters", data=params, compression="gzip",
+                          compression_opts=9, shuffle=True, track_times=False)
+    return path

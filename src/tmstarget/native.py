@@ -74,6 +74,12 @@ __all__ = [
 #: population location: the subject's own hotspot is found by TMS, not by this coordinate.
 HOTSPOT_MNI_MM: tuple[float, float, float] = (-37.0, -21.0, 58.0)
 
+#: Points mapped through a displacement field must lie at least this many grid spacings inside
+#: it: nitransforms interpolates the field's absolute positions with a cubic spline padded
+#: with NaN, which is off by up to ~16 % of a spacing within ~3 spacings of the edge (measured;
+#: tests/test_native.py) and silently applies no displacement outside.
+FIELD_EDGE_MARGIN_VOXELS: int = 3
+
 #: Motor threshold rise per mm of extra scalp-to-cortex distance, % of maximum stimulator output
 #: (Stokes et al. 2005 J Neurophysiol 94:4520; Stokes et al. 2007 Clin Neurophysiol 118:1617).
 STOKES_PERCENT_PER_MM: float = 3.0
@@ -157,29 +163,46 @@ class PointTransform:
     xfm: Any
 
     def map(self, points: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-        """Map points (N, 3) RAS mm through the file's fixed -> moving point map."""
+        """Map points (N, 3) RAS mm through the file's fixed -> moving point map.
+
+        Every component of a composite transform is applied in turn (as nitransforms does),
+        and each displacement-field component must contain the point *as it reaches that
+        component* (nitransforms silently uses zero displacement outside a field).
+        """
         pts = np.atleast_2d(np.asarray(points, dtype=float))
-        self._check_field_of_view(pts)
-        out = np.asarray(self.xfm.map(pts), dtype=float).reshape(-1, 3)
+        comps = getattr(self.xfm, "transforms", None)
+        if comps:
+            out = pts
+            for i, comp in enumerate(comps):
+                self._check_field_of_view(comp, out, i, len(comps))
+                out = np.asarray(comp.map(out), dtype=float).reshape(-1, 3)
+        else:
+            out = np.asarray(self.xfm.map(pts), dtype=float).reshape(-1, 3)
         if not np.all(np.isfinite(out)):
             raise InputError(self.path, "the transform gave non-finite coordinates.",
                              "Check the transform file (re-run fMRIPrep's anatomical workflow).")
         return out
 
-    def _check_field_of_view(self, pts: np.ndarray) -> None:
+    def _check_field_of_view(self, comp: Any, pts: np.ndarray, i: int, n: int) -> None:
         """Refuse points outside a displacement field's grid (nitransforms would use 0 there)."""
-        comps = getattr(self.xfm, "transforms", None) or []
-        for comp in comps[:1]:
-            ref = getattr(comp, "reference", None)
-            if ref is None or getattr(ref, "affine", None) is None or ref.shape is None:
-                continue
-            ijk = nb.affines.apply_affine(np.linalg.inv(ref.affine), pts)
-            shape = np.asarray(ref.shape[:3])
-            if np.any(ijk < 0) or np.any(ijk > shape - 1):
-                raise InputError(self.path, "a point to map lies outside the field of view of the "
-                                 "transform's displacement field, where no deformation is "
-                                 "defined.", "Check that the target is in the head and that this "
-                                 "is the subject's fMRIPrep transform.")
+        ref = getattr(comp, "reference", None)
+        if ref is None or getattr(ref, "affine", None) is None or ref.shape is None:
+            return
+        ijk = nb.affines.apply_affine(np.linalg.inv(ref.affine), pts)
+        shape = np.asarray(ref.shape[:3])
+        which = f"component {i + 1} of {n}" if n > 1 else "its displacement field"
+        if np.any(ijk < 0) or np.any(ijk > shape - 1):
+            raise InputError(self.path, f"a point to map lies outside the field of view of the "
+                             f"transform's displacement field ({which}), where no deformation "
+                             "is defined.", "Check that the target is in the head and that this "
+                             "is the subject's fMRIPrep transform.")
+        m = FIELD_EDGE_MARGIN_VOXELS
+        if np.any(ijk < m) or np.any(ijk > shape - 1 - m):
+            raise InputError(self.path, f"a point to map lies within {m} grid spacings of the "
+                             f"edge of the transform's displacement field ({which}), where the "
+                             "interpolation of the field is not accurate (README, 'Known "
+                             "upstream issues').", "Check that the target is in the head and "
+                             "that this is the subject's fMRIPrep transform.")
 
 
 def load_point_transform(path: str | os.PathLike[str]) -> PointTransform:

@@ -39,6 +39,36 @@ def software_versions() -> dict[str, str]:
     return out
 
 
+def data_space(cfg: Mapping[str, Any]) -> str:
+    """The template space of the BOLD data (the analysis space)."""
+    return str(cfg.get("space") or MNI_SPACE)
+
+
+def search_in_data_space(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg["search"]`` with its sites converted into the data's template space.
+
+    Built-in sites (``sites: null``) are the published Fox et al. 2012 sites, in
+    MNI152NLin6Asym; user sites are in ``search.space`` (default MNI152NLin6Asym). The sites keep
+    their names; ``sites_published`` records what was given and in which space.
+    """
+    from .regions import PUBLISHED_SITES
+    from .spaces import NLIN6, check_space, convert_points
+
+    search = dict(cfg["search"])
+    if search.get("sites"):
+        given = {k: list(v) for k, v in search["sites"].items()}
+        space = check_space(search.get("space") or NLIN6, "search.space")
+    else:
+        given = {k: list(v.xyz) for k, v in PUBLISHED_SITES.items()}
+        space = NLIN6
+    names = list(given)
+    pts = convert_points([given[k] for k in names], space, data_space(cfg))
+    search["sites"] = {k: [round(float(v), 3) for v in p] for k, p in zip(names, pts, strict=True)}
+    search["sites_published"] = {"space": space,
+                                 "sites": {k: [float(v) for v in given[k]] for k in names}}
+    return search
+
+
 def denoise_step(run: Mapping[str, str], cfg: Mapping[str, Any], out_npz: str | Path) -> None:
     """Denoise one run and save it (``.npz``) with its QC and the inputs' SHA-256."""
     from .denoise import denoise_run, resolve_strategy, save_denoised
@@ -46,10 +76,12 @@ def denoise_step(run: Mapping[str, str], cfg: Mapping[str, Any], out_npz: str | 
     d = cfg["denoise"]
     strategy = resolve_strategy(d["strategy"], {k: d.get(k) for k in
                                                 ("smoothing_fwhm", "high_pass", "low_pass")})
+    rc = cfg.get("reproducibility") or {}
     res = denoise_run(run["bold"], run["mask"], run["confounds"], run["bold_json"], strategy,
                       fd_threshold=float(d["fd_threshold"]),
                       std_dvars_threshold=d.get("std_dvars_threshold"),
-                      min_segment=int(d["min_segment"]))
+                      min_segment=int(d["min_segment"]), halves=bool(rc.get("enabled")),
+                      gap_seconds=float(rc.get("gap_seconds") or 0.0))
     res.qc["inputs"] = [{"path": str(run[k]), "sha256": sha256sum(run[k])}
                         for k in ("bold", "mask", "confounds", "confounds_json", "bold_json")]
     save_denoised(res, out_npz)
@@ -87,7 +119,8 @@ def seedmap_step(npz_paths: Sequence[str | Path], participant: str, session: str
             "exclude it (exclude_participants in the config), or, knowingly, lower "
             "denoise.min_volumes or raise denoise.fd_threshold.")
     combined = combine_runs(runs, [q["inputs"][0]["path"] for q in per_run])
-    weights, seed_desc = seed_weights(cfg["seed"], combined.shape, combined.affine)
+    weights, seed_desc = seed_weights(cfg["seed"], combined.shape, combined.affine,
+                                      data_space(cfg))
     seed_name = str(cfg["seed"].get("file") or "sgACC seed sphere")
     ts, n_seed = seed_timeseries(combined, weights, seed_name)
     r = correlation_map(combined.data, ts)
@@ -134,7 +167,8 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
     rimg = nb.load(map_path)
     rmap = np.asarray(rimg.dataobj, dtype=np.float64)
     brain = np.asarray(nb.load(mask_path).dataobj) > 0
-    region, region_desc = load_search_region(cfg["search"], brain, rimg.affine)
+    search = search_in_data_space(cfg)
+    region, region_desc = load_search_region(search, brain, rimg.affine, data_space(cfg))
     t = cfg["target"]
     targets = find_targets(rmap, region, rimg.affine, methods=t["methods"],
                            cluster_percent=float(t["cluster_percent"]),
@@ -172,7 +206,7 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
             for name, tg in targets.items()
         },
         "search_region": {"description": region_desc, "n_voxels": int(region.sum()),
-                          "mask": rel(out_region), "config": dict(cfg["search"])},
+                          "mask": rel(out_region), "config": search},
         "seed": qc["seed"],
         "denoising": {
             "strategy": qc["strategy"],
@@ -305,7 +339,7 @@ def reproducibility_step(npz_paths: Sequence[str | Path], target_json: str | Pat
 
     runs = [load_denoised(p) for p in npz_paths]
     combined = combine_runs(runs, [str(p) for p in npz_paths])
-    weights, _ = seed_weights(cfg["seed"], combined.shape, combined.affine)
+    weights, _ = seed_weights(cfg["seed"], combined.shape, combined.affine, data_space(cfg))
     ts, _ = seed_timeseries(combined, weights, str(cfg["seed"].get("file") or "sgACC seed"))
     region = np.asarray(nb.load(region_path).dataobj) > 0
     tj = json.loads(Path(target_json).read_text())
@@ -319,24 +353,45 @@ def reproducibility_step(npz_paths: Sequence[str | Path], target_json: str | Pat
                  "weighted_n_voxels": int(tcfg["weighted_n_voxels"])}
     tr = float(runs[0].tr)
     rd = region_data(combined, ts, region)
-    a, b, split_desc = split_indices(combined.run_lengths, rc["split"],
-                                     int(round(float(rc["gap_seconds"]) / tr)))
-    halves = split_half(rd, a, b, full, target_kw)
+    seed_name = str(cfg["seed"].get("file") or "sgACC seed")
+    names = [str(p) for p in npz_paths]
+    if rc["split"] == "run" and len(runs) >= 2:
+        # whole runs in each half: every run is cleaned on its own, so the halves are independent
+        a, b, split_desc = split_indices(combined.run_lengths, "run")
+        k = next(i for i in range(1, len(runs) + 1)
+                 if sum(combined.run_lengths[:i]) == a.size)
+        parts = (combine_runs(runs[:k], names[:k]), combine_runs(runs[k:], names[k:]))
+    else:
+        parts = (combine_runs(runs, names, part="half_a"), combine_runs(runs, names, part="half_b"))
+        vols = [q.qc.get("halves", {}).get("volumes", [0, 0]) for q in runs]
+        gap = float(rc["gap_seconds"])
+        split_desc = (f"first vs second half of each run in time ({sum(v[0] for v in vols)} and "
+                      f"{sum(v[1] for v in vols)} volumes, gap {gap:g} s), each half cleaned "
+                      "as its own problem" + ("" if rc["split"] == "time" else
+                                              " (run split needs >= 2 runs; split in time "
+                                              "instead)"))
+    rds = []
+    for part in parts:
+        pts, _ = seed_timeseries(part, seed_weights(cfg["seed"], part.shape, part.affine,
+                                                    data_space(cfg))[0], seed_name)
+        rds.append(region_data(part, pts, region))
+    halves = split_half(rds[0], rds[1], full, target_kw)
+    a_n, b_n = (int(p.data.shape[0]) for p in parts)
     block = max(1, int(round(float(rc["bootstrap_block_seconds"]) / tr)))
-    counts = circular_block_bootstrap(rd.x.shape[0], block, int(rc["bootstrap_resamples"]),
-                                      int(rc["bootstrap_seed"]))
+    counts = circular_block_bootstrap(combined.run_lengths, block,
+                                      int(rc["bootstrap_resamples"]), int(rc["bootstrap_seed"]))
     cloud, boot = bootstrap(rd, counts, full, target_kw)
     rimg = nb.load(map_path)
     brain = np.asarray(nb.load(mask_path).dataobj) > 0
     refs = reference_sites(np.asarray(rimg.dataobj, float), brain, rimg.affine, full,
-                           cfg["search"].get("sites") or None)
+                           search_in_data_space(cfg)["sites"])
     cdf = pd.DataFrame(cloud, columns=["resample", "method", "x", "y", "z", "r"])
     write_text(out_cloud, cdf.to_csv(sep="\t", index=False, float_format="%.4f"))
     out = {
         "participant_id": tj["participant_id"], "session_id": tj["session_id"],
         "space": MNI_SPACE, "convention": CONVENTION,
         "reference_image": tj["reference_image"],
-        "split_half": {"split": split_desc, "volumes": [int(a.size), int(b.size)],
+        "split_half": {"split": split_desc, "volumes": [a_n, b_n],
                        "methods": halves},
         "bootstrap": {"block_volumes": block, "block_seconds": block * tr,
                       "n_resamples": int(rc["bootstrap_resamples"]),

@@ -1,28 +1,78 @@
-"""Seed and search-region definitions in MNI152NLin2009cAsym (RAS+ mm).
+"""Seed and search-region definitions; the published coordinates they come from.
 
 All masks are computed in *world* coordinates from the image affine, so they are
 correct whatever the storage orientation of the image (RAS, LAS, LPS, oblique).
 
+Every built-in coordinate carries the space it was published in (:data:`PUBLISHED`). Those
+published in FSL's MNI152 (``MNI152NLin6Asym``) are converted to fMRIPrep's default
+``MNI152NLin2009cAsym`` through the shipped template-to-template transform
+(:mod:`tmstarget.spaces`); the converted values are the module constants below, and
+``tests/test_spaces.py`` recomputes them from the transform.
+
 References
 ----------
 Fox MD et al. (2012) Biol Psychiatry 72:595-603 (sgACC seed at 6, 16, -10; radius 10 mm;
-average stimulation sites). Cash RFH et al. (2021) Biol Psychiatry 90:689-700.
+average stimulation sites; FSL MNI152 space). Cash RFH et al. (2021) Biol Psychiatry
+90:689-700. Mayka MA et al. (2006) NeuroImage 31:1453 (M1).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
-#: sgACC seed centre (Fox et al. 2012), MNI152NLin2009cAsym RAS+ mm.
+
+@dataclass(frozen=True)
+class PublishedCoordinate:
+    """A coordinate as published: value, template space and source."""
+
+    name: str
+    xyz: tuple[float, float, float]
+    space: str
+    source: str
+
+
+#: Built-in coordinates as published.
+PUBLISHED: dict[str, PublishedCoordinate] = {
+    "sgACC": PublishedCoordinate(
+        "sgACC", (6.0, 16.0, -10.0), "MNI152NLin6Asym",
+        "Fox et al. 2012 (Biol Psychiatry 72:595): subgenual cingulate seed, 10 mm sphere; "
+        "analysis in FSL's MNI152 (= MNI152NLin6Asym)"),
+    "BA9": PublishedCoordinate(
+        "BA9", (-36.0, 39.0, 43.0), "MNI152NLin6Asym",
+        "Fox et al. 2012: average stimulation site of the 'BA9' targeting approach (as used by "
+        "Fox 2012 and Cash 2021), FSL MNI152"),
+    "BA46": PublishedCoordinate(
+        "BA46", (-44.0, 40.0, 29.0), "MNI152NLin6Asym",
+        "Fox et al. 2012: average stimulation site of the 'BA46' targeting approach, FSL MNI152"),
+    "5cm": PublishedCoordinate(
+        "5cm", (-41.0, 16.0, 54.0), "MNI152NLin6Asym",
+        "Fox et al. 2012: average stimulation site of the '5 cm rule', FSL MNI152"),
+    "F3": PublishedCoordinate(
+        "F3", (-37.0, 26.0, 49.0), "MNI152NLin6Asym",
+        "Fox et al. 2012: average stimulation site of the 'F3' (EEG 10-20 / Beam) approach, FSL "
+        "MNI152 (a group average: the participant's own F3 is found on the head)"),
+    "M1_hotspot": PublishedCoordinate(
+        "M1_hotspot", (-37.0, -21.0, 58.0), "Talairach",
+        "Mayka et al. 2006 (NeuroImage 31:1453) ALE centre of M1 (the meta-analysis reports "
+        "Talairach coordinates; attribution not re-checked against its table). Used as given, "
+        "unconverted, as a coarse population reference for the scalp-depth advice only"),
+}
+
+#: The four standard left-DLPFC stimulation sites as published (MNI152NLin6Asym).
+PUBLISHED_SITES: dict[str, PublishedCoordinate] = {
+    k: PUBLISHED[k] for k in ("BA9", "BA46", "5cm", "F3")}
+
+#: sgACC seed centre (Fox et al. 2012), converted to MNI152NLin2009cAsym RAS+ mm.
 SGACC_CENTER_MM: tuple[float, float, float] = (6.0, 16.0, -10.0)
 #: sgACC seed radius in mm (Fox et al. 2012).
 SGACC_RADIUS_MM: float = 10.0
 
 #: Standard left-DLPFC stimulation sites (average sites used by Fox 2012 and Cash 2021),
-#: MNI152NLin2009cAsym RAS+ mm.
+#: converted to MNI152NLin2009cAsym RAS+ mm.
 REFERENCE_TARGETS_MM: dict[str, tuple[float, float, float]] = {
     "BA9": (-36.0, 39.0, 43.0),
     "BA46": (-44.0, 40.0, 29.0),

@@ -64,16 +64,18 @@ def split_indices(run_lengths: Sequence[int], mode: str = "time",
             f"first vs second half in time ({half} volumes each, gap {gap}){note}")
 
 
-def circular_block_bootstrap(n: int, block: int, n_resamples: int,
+def circular_block_bootstrap(n: int | Sequence[int], block: int, n_resamples: int,
                              seed: int) -> np.ndarray:
-    """Resampling counts of a circular block bootstrap.
+    """Resampling counts of a circular block bootstrap that never crosses a run boundary.
 
     Parameters
     ----------
-    n : int
-        Number of volumes.
+    n : int or sequence of int
+        Number of volumes, or the retained volumes of each run in concatenation order. Each
+        run is resampled on its own (blocks wrap around inside the run, never into the next
+        one), to its own length.
     block : int
-        Block length in volumes (≥ 1).
+        Block length in volumes (≥ 1; at most the run's length).
     n_resamples : int
         Number of resamples.
     seed : int
@@ -81,18 +83,24 @@ def circular_block_bootstrap(n: int, block: int, n_resamples: int,
 
     Returns
     -------
-    numpy.ndarray, int32, (n_resamples, n)
-        How many times each volume appears in each resample (each row sums to ``n``).
+    numpy.ndarray, int32, (n_resamples, total volumes)
+        How many times each volume appears in each resample (each run's segment of a row sums
+        to that run's length).
     """
+    lengths = [int(n)] if np.isscalar(n) else [int(v) for v in n]
     rng = np.random.default_rng(seed)
-    block = int(min(max(1, block), n))
-    n_blocks = int(np.ceil(n / block))
-    counts = np.zeros((n_resamples, n), dtype=np.int32)
-    offs = np.arange(block)
+    total = int(sum(lengths))
+    counts = np.zeros((n_resamples, total), dtype=np.int32)
+    bounds = np.concatenate([[0], np.cumsum(lengths)]).astype(int)
     for b in range(n_resamples):
-        starts = rng.integers(0, n, size=n_blocks)
-        idx = ((starts[:, None] + offs[None, :]) % n).ravel()[:n]
-        counts[b] = np.bincount(idx, minlength=n)
+        for r, length in enumerate(lengths):
+            if length <= 0:
+                continue
+            blk = int(min(max(1, block), length))
+            n_blocks = int(np.ceil(length / blk))
+            starts = rng.integers(0, length, size=n_blocks)
+            idx = ((starts[:, None] + np.arange(blk)[None, :]) % length).ravel()[:length]
+            counts[b, bounds[r]:bounds[r + 1]] = np.bincount(idx, minlength=length)
     return counts
 
 
@@ -155,17 +163,24 @@ def region_data(combined: CombinedData, seed_ts: np.ndarray, region: np.ndarray)
                       TargetFinder(region, combined.affine))
 
 
-def split_half(rd: RegionData, a: np.ndarray, b: np.ndarray, full: Mapping[str, Target],
+def split_half(rd_a: RegionData, rd_b: RegionData, full: Mapping[str, Target],
                target_kw: Mapping[str, Any]) -> dict[str, Any]:
-    """Targets from each half with the same method, their distances and map similarity."""
-    n = rd.x.shape[0]
-    w = np.zeros((2, n))
-    w[0, a] = 1
-    w[1, b] = 1
-    r = weighted_correlations(rd.x, rd.seed, w)
-    maps = [rd.to_map(r[i]) for i in range(2)]
-    tg = [rd.finder.find(m, methods=list(full), **target_kw) for m in maps]
-    map_r = float(np.corrcoef(r[0], r[1])[0, 1]) if r.shape[1] > 1 else float("nan")
+    """Targets from two independent halves with the same method, their distances and maps.
+
+    Parameters
+    ----------
+    rd_a, rd_b : RegionData
+        The two halves' own data (each half cleaned as its own problem and with its own seed
+        time series: not halves cut out of data cleaned as a whole).
+    full : mapping
+        The full-data targets, per method.
+    target_kw : mapping
+        Keyword arguments of :meth:`TargetFinder.find`.
+    """
+    r = [correlation_vector(rd.x, rd.seed) for rd in (rd_a, rd_b)]
+    maps = [rd.to_map(v) for rd, v in ((rd_a, r[0]), (rd_b, r[1]))]
+    tg = [rd_a.finder.find(m, methods=list(full), **target_kw) for m in maps]
+    map_r = float(np.corrcoef(r[0], r[1])[0, 1]) if r[0].size > 1 else float("nan")
     out = {}
     for m in full:
         pa, pb, pf = _xyz(tg[0][m]), _xyz(tg[1][m]), _xyz(full[m])
@@ -178,6 +193,11 @@ def split_half(rd: RegionData, a: np.ndarray, b: np.ndarray, full: Mapping[str, 
             "map_r": map_r,
         }
     return out
+
+
+def correlation_vector(x: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Pearson r of ``s`` with every column of ``x`` (no resampling)."""
+    return weighted_correlations(x, s, np.ones((1, x.shape[0])))[0]
 
 
 def bootstrap(rd: RegionData, counts: np.ndarray, full: Mapping[str, Target],

@@ -39,7 +39,8 @@ class CombinedData:
         return m
 
 
-def combine_runs(runs: Sequence[Any], sources: Sequence[str] | None = None) -> CombinedData:
+def combine_runs(runs: Sequence[Any], sources: Sequence[str] | None = None,
+                 part: str = "data") -> CombinedData:
     """Concatenate denoised runs on the voxels present in every run.
 
     Parameters
@@ -48,16 +49,31 @@ def combine_runs(runs: Sequence[Any], sources: Sequence[str] | None = None) -> C
         Each already cleaned and z-scored per voxel.
     sources : sequence of str, optional
         File names of the runs, for error messages.
+    part : {"data", "half_a", "half_b"}
+        Which series of each run to concatenate: the whole run, or one of its two
+        independently cleaned halves.
 
     Returns
     -------
     CombinedData
+
+    Raises
+    ------
+    InputError
+        Runs on different grids, with different repetition times, or masks that do not overlap.
     """
     if not runs:
         raise InputError(None, "no denoised runs to combine.")
     names = list(sources) if sources is not None else [f"run {i + 1}" for i in range(len(runs))]
     ref = runs[0]
     for r, name in zip(runs[1:], names[1:], strict=True):
+        tr0, tr1 = getattr(ref, "tr", None), getattr(r, "tr", None)
+        if tr0 is not None and tr1 is not None and abs(float(tr1) - float(tr0)) > 1e-3 * float(tr0):
+            raise InputError(name, f"this run's repetition time ({float(tr1):g} s) differs from "
+                             f"that of {names[0]} ({float(tr0):g} s); the runs of one "
+                             "participant/session are filtered and concatenated as one series.",
+                             "Process runs with different TRs as separate sessions, or exclude "
+                             "one of them.")
         if tuple(r.shape) != tuple(ref.shape) or not np.allclose(r.affine, ref.affine, atol=1e-3):
             raise InputError(name, f"this run is on a different voxel grid ({r.shape}) from "
                              f"{names[0]} ({ref.shape}).", "Use runs resampled to the same "
@@ -78,7 +94,13 @@ def combine_runs(runs: Sequence[Any], sources: Sequence[str] | None = None) -> C
         if pos is None:
             lookup = {v: i for i, v in enumerate(flat)}
             pos = np.array([lookup[v] for v in order])
-        data = np.asarray(r.data, dtype=np.float32)
+        if part == "data":
+            data = np.asarray(r.data, dtype=np.float32)
+        else:
+            if r.halves is None:
+                raise InputError(names[0], "the denoised run has no independently cleaned "
+                                 "halves.", "Rerun with reproducibility.enabled: true.")
+            data = np.asarray(r.halves[0 if part == "half_a" else 1], dtype=np.float32)
         same = len(pos) == data.shape[1] and np.array_equal(pos, np.arange(len(pos)))
         blocks.append(data if same else data[:, pos])  # no copy when nothing is dropped
     voxels = np.stack(np.unravel_index(order, ref.shape), axis=1).astype(np.int32)
@@ -88,30 +110,44 @@ def combine_runs(runs: Sequence[Any], sources: Sequence[str] | None = None) -> C
 
 
 def seed_weights(seed: Mapping[str, Any], shape: tuple[int, int, int],
-                 affine: np.ndarray) -> tuple[np.ndarray, str]:
+                 affine: np.ndarray, data_space: str = "MNI152NLin2009cAsym"
+                 ) -> tuple[np.ndarray, str]:
     """Seed weights on the BOLD grid.
 
     Parameters
     ----------
     seed : mapping
-        ``{"kind": "sphere", "center_mm": [x, y, z], "radius_mm": r}`` or
-        ``{"kind": "file", "file": path}``; a file is a binary mask or a weighted (possibly
-        signed) seed map in MNI152NLin2009cAsym, resampled to the BOLD grid (nearest
-        neighbour for masks, continuous for weighted maps).
+        ``{"kind": "sphere", "center_mm": [x, y, z], "radius_mm": r, "space": ...}`` or
+        ``{"kind": "file", "file": path, "space": ...}``; a file is a binary mask or a weighted
+        (possibly signed) seed map in a template space, resampled to the BOLD grid (nearest
+        neighbour for masks, (tri)linear for weighted maps). ``space`` (see
+        :mod:`tmstarget.spaces`): for a sphere, the template of ``center_mm`` (default
+        MNI152NLin6Asym, where the Fox et al. 2012 coordinate was published); for a file,
+        declared or recognised from the image's grid.
     shape, affine
         The BOLD grid.
+    data_space : str
+        The template of the BOLD grid.
 
     Returns
     -------
     weights : numpy.ndarray, float, 3D
     description : str
     """
+    from .spaces import NLIN6, check_space, convert_points, resolve_image_space
+
     kind = seed.get("kind", "sphere")
     if kind == "sphere":
-        c = [float(v) for v in seed["center_mm"]]
+        c0 = [float(v) for v in seed["center_mm"]]
+        space = check_space(seed.get("space") or NLIN6, "seed.space")
+        c = [float(v) for v in convert_points([c0], space, data_space)[0]]
         r = float(seed["radius_mm"])
+        moved = "" if space == data_space else (
+            f" = ({c[0]:.1f}, {c[1]:.1f}, {c[2]:.1f}) mm {data_space} "
+            f"({float(np.linalg.norm(np.subtract(c, c0))):.1f} mm template correction)")
         return (sphere_mask(shape, affine, c, r).astype(float),
-                f"sphere centre ({c[0]:g}, {c[1]:g}, {c[2]:g}) mm MNI152NLin2009cAsym, radius {r:g} mm")
+                f"sphere centre ({c0[0]:g}, {c0[1]:g}, {c0[2]:g}) mm {space}{moved}, radius "
+                f"{r:g} mm")
     if kind != "file":
         raise InputError(None, f"seed kind '{kind}' is not known.", "Use 'sphere' or 'file'.")
     path = Path(str(seed.get("file") or ""))
@@ -134,13 +170,21 @@ def seed_weights(seed: Mapping[str, Any], shape: tuple[int, int, int],
     if not np.all(np.isfinite(vals)):
         raise InputError(path, "the seed image contains NaN or infinite values.",
                          "Replace them with 0.")
+    space, how = resolve_image_space(img, seed.get("space"), path, "seed.space")
     binary = set(np.unique(vals).tolist()) <= {0, 1}
-    res = resample_img(img, target_affine=affine, target_shape=shape,
-                       interpolation="nearest" if binary else "continuous",
-                       force_resample=True, copy_header=True)
-    w = np.asarray(res.get_fdata(), dtype=float)
+    if space == data_space:
+        res = resample_img(img, target_affine=affine, target_shape=shape,
+                           interpolation="nearest" if binary else "continuous",
+                           force_resample=True, copy_header=True)
+        w = np.asarray(res.get_fdata(), dtype=float)
+    else:
+        from .spaces import resample_to_grid
+
+        w = resample_to_grid(img, space, data_space, affine, shape,
+                             "nearest" if binary else "linear")
     what = "binary mask" if binary else "weighted seed map"
-    return w, f"{what} {path.name} resampled to the BOLD grid"
+    via = "" if space == data_space else f" through the {space} -> {data_space} template transform"
+    return w, f"{what} {path.name} ({space}, {how}) resampled to the BOLD grid{via}"
 
 
 def seed_timeseries(combined: CombinedData, weights: np.ndarray,

@@ -56,7 +56,7 @@ from tmstarget.confounds import (  # noqa: F401  (re-exported: simulate.compute_
     write_confounds,
 )
 from tmstarget.io import data_file as _data_file
-from tmstarget.regions import SGACC_CENTER_MM, SGACC_RADIUS_MM, voxel_centers_mm
+from tmstarget.regions import voxel_centers_mm
 
 __all__ = [
     "DEFAULT_SUBJECTS",
@@ -74,6 +74,12 @@ __all__ = [
 
 #: Template space of the simulated BOLD outputs.
 SPACE: str = "MNI152NLin2009cAsym"
+#: Centre and radius of the simulated sgACC source, in the simulation's MNI152NLin2009cAsym
+#: frame. The sample data were generated with these values (the Fox et al. 2012 coordinate
+#: taken as-is); the pipeline's seed is that coordinate converted from MNI152NLin6Asym, a
+#: couple of mm away, as it would be for a real participant (README, template spaces).
+SIM_SGACC_CENTER_MM: tuple[float, float, float] = (6.0, 16.0, -10.0)
+SIM_SGACC_RADIUS_MM: float = 10.0
 #: Version written into ``dataset_description.json``.
 SIMULATOR_VERSION: str = "1.0.0"
 #: Voxel size of the template brain mask the BOLD grid is derived from, mm.
@@ -527,8 +533,8 @@ def _make_grid(voxel_size: float) -> _Grid:
     wm = _at_least(tissue[:, 1], 0.95, 10)
     csf = _at_least(tissue[:, 2], 0.5, 10) & ~wm
     xyz = xyz_all[mask]
-    d = np.linalg.norm(xyz - np.array(SGACC_CENTER_MM), axis=1)
-    sgacc = 1.0 / (1.0 + np.exp((d - SGACC_RADIUS_MM) / 1.5))
+    d = np.linalg.norm(xyz - np.array(SIM_SGACC_CENTER_MM), axis=1)
+    sgacc = 1.0 / (1.0 + np.exp((d - SIM_SGACC_RADIUS_MM) / 1.5))
     return _Grid(mask, affine, xyz, tissue, base[mask], grad[mask], wm, csf, sgacc)
 
 

@@ -64,7 +64,8 @@ class Target:
 
 
 def load_search_region(search: Mapping[str, Any], brain_mask: np.ndarray,
-                       affine: np.ndarray) -> tuple[np.ndarray, str]:
+                       affine: np.ndarray, data_space: str = "MNI152NLin2009cAsym"
+                       ) -> tuple[np.ndarray, str]:
     """Build the search region on the BOLD grid.
 
     Parameters
@@ -129,10 +130,16 @@ def load_search_region(search: Mapping[str, Any], brain_mask: np.ndarray,
     if not np.any(data):
         raise InputError(path, "the search-region mask is empty (all zeros).",
                          "Give a mask with the region set to 1.")
+    from .spaces import resample_to_grid, resolve_image_space
+
+    space, how = resolve_image_space(img, search.get("space"), path, "search.space")
     img = nb.Nifti1Image((np.nan_to_num(data) > 0).astype(np.uint8), img.affine)
-    res = resample_img(img, target_affine=affine, target_shape=brain_mask.shape,
-                       interpolation="nearest", force_resample=True, copy_header=True)
-    user = np.asarray(res.dataobj) > 0
+    if space == data_space:
+        res = resample_img(img, target_affine=affine, target_shape=brain_mask.shape,
+                           interpolation="nearest", force_resample=True, copy_header=True)
+        user = np.asarray(res.dataobj) > 0
+    else:
+        user = resample_to_grid(img, space, data_space, affine, brain_mask.shape, "nearest") > 0
     if not user.any():
         raise InputError(path, "the search-region mask is empty after resampling to the BOLD "
                          "grid (it lies outside the image's field of view).",
@@ -143,7 +150,9 @@ def load_search_region(search: Mapping[str, Any], brain_mask: np.ndarray,
                          "Check that the mask is in MNI152NLin2009cAsym space (not another "
                          "template or native space) and covers cortex.")
     frac = region.sum() / user.sum()
-    return region, f"user mask {path.name} within the brain mask ({100 * frac:.0f}% of it in brain)"
+    via = "" if space == data_space else f", moved {space} -> {data_space} by the template transform"
+    return region, (f"user mask {path.name} ({space}, {how}{via}) within the brain mask "
+                    f"({100 * frac:.0f}% of it in brain)")
 
 
 def _voxel_sizes(affine: np.ndarray) -> np.ndarray:
