@@ -128,18 +128,24 @@ class Target:
 
 
 def load_search_region(search: Mapping[str, Any], brain_mask: np.ndarray,
-                       affine: np.ndarray) -> tuple[np.ndarray, str]:
+                       affine: np.ndarray,
+                       gm_probseg: str | Path | None = None) -> tuple[np.ndarray, str]:
     """Build the search region on the BOLD grid.
 
     Parameters
     ----------
     search : mapping
         ``{"kind": "default", "radius_mm": 20, "sites": {...}, "left_only": true}`` or
-        ``{"kind": "file", "file": path}`` (a mask in MNI152NLin2009cAsym).
+        ``{"kind": "file", "file": path}`` (a mask in MNI152NLin2009cAsym); with
+        ``grey_matter`` (default true) and ``grey_matter_threshold`` (default 0.3) the region
+        is restricted to grey matter (:mod:`tmstarget.greymatter`).
     brain_mask : numpy.ndarray of bool
         The participant's brain mask on the BOLD grid.
     affine : numpy.ndarray
         BOLD grid affine.
+    gm_probseg : path, optional
+        The participant's fMRIPrep ``label-GM_probseg`` in MNI152NLin2009cAsym
+        (:func:`tmstarget.greymatter.find_gm_probseg`); ``None`` = the shipped template map.
 
     Returns
     -------
@@ -149,8 +155,29 @@ def load_search_region(search: Mapping[str, Any], brain_mask: np.ndarray,
     Raises
     ------
     InputError
-        The user mask is missing, unreadable, empty after resampling, or outside the brain.
+        The user mask is missing, unreadable, empty after resampling, or outside the brain;
+        no grey matter is left in the region.
     """
+    region, desc = _load_search_region(search, brain_mask, affine)
+    if not search.get("grey_matter", True):
+        return region, desc + "; not restricted to grey matter (search.grey_matter: false)"
+    from .greymatter import DEFAULT_GM_THRESHOLD, grey_matter_mask
+
+    thr = float(search.get("grey_matter_threshold", DEFAULT_GM_THRESHOLD))
+    gm, gm_desc = grey_matter_mask(brain_mask.shape, affine, gm_probseg, thr)
+    out = region & gm
+    if not out.any():
+        raise InputError(gm_probseg, f"no search-region voxel is grey matter ({gm_desc}).",
+                         "Check that the BOLD and the grey-matter map are in "
+                         "MNI152NLin2009cAsym, lower search.grey_matter_threshold, or set "
+                         "search.grey_matter: false.")
+    return out, (f"{desc}; restricted to {gm_desc}: {int(out.sum())} of {int(region.sum())} "
+                 f"voxels")
+
+
+def _load_search_region(search: Mapping[str, Any], brain_mask: np.ndarray,
+                        affine: np.ndarray) -> tuple[np.ndarray, str]:
+    """The search region before the grey-matter restriction."""
     kind = search.get("kind", "default")
     if kind == "default":
         sites = {k: tuple(v) for k, v in (search.get("sites") or {}).items()} or None
