@@ -170,3 +170,168 @@ def test_default_region_is_left_and_in_brain():
     assert region.any()
     assert (xyz[region][:, 0] < 0).all()
     assert not (region & ~brain).any()
+
+
+# ------------------------------------------------------------------ issue 18 / issue 15 items
+def _mni2mm():
+    from tmstarget.io import data_file
+
+    m = nb.load(data_file("tpl-MNI152NLin2009cAsym_res-02_desc-brain_mask.nii.gz"))
+    return np.asarray(m.dataobj) > 0, m.affine
+
+
+FOCUS = np.array([-38.5, 44.5, 27.5])
+
+
+def _broad_weak_focal_strong():
+    """Issue 18's case on the real 2 mm grid: a focal strong focus (r = -0.67 at its centre,
+    FWHM 8 mm) and, 21 mm away, a broad weak region (r = -0.23 plateau, radius 11.5 mm) that
+    is the *larger* cluster among the most negative 10 %."""
+    brain, aff = _mni2mm()
+    region = default_search_region(brain, aff)
+    xyz = voxel_centers_mm(brain.shape, aff)
+    broad = np.array([-40.5, 33.5, 45.5])
+    rng = np.random.default_rng(1)
+    from scipy import ndimage
+
+    noise = ndimage.gaussian_filter(rng.standard_normal(brain.shape), 1.0)
+    noise /= noise[region].std()
+    sig = 8 / 2.3548
+    focal = np.exp(-((xyz - FOCUS) ** 2).sum(-1) / (2 * sig**2))
+    plateau = 1 / (1 + np.exp((np.linalg.norm(xyz - broad, axis=-1) - 11.5) / 0.7))
+    rmap = -0.67 * focal - 0.23 * plateau + 0.04 * noise
+    return rmap, region, aff, broad
+
+
+def test_default_cluster_rule_finds_the_focal_strong_cluster():
+    rmap, region, aff, broad = _broad_weak_focal_strong()
+    t = find_targets(rmap, region, aff, methods=["cluster", "cluster_largest", "classic"])
+    pos = {k: np.array([v.x, v.y, v.z]) for k, v in t.items()}
+    assert np.linalg.norm(pos["classic"] - FOCUS) <= 2.0
+    # the old rule (kept as cluster_largest) takes the broad weak region: this is the hard case
+    assert np.linalg.norm(pos["cluster_largest"] - FOCUS) > 15.0
+    assert np.linalg.norm(pos["cluster_largest"] - broad) < 8.0
+    assert t["cluster_largest"].n_voxels > t["cluster"].n_voxels
+    # the default rule takes the focus
+    assert np.linalg.norm(pos["cluster"] - FOCUS) <= 3.0, pos["cluster"]
+    # independent oracle: the two clusters of the top 10 % (scipy labelling here), and their
+    # plain sum |r| -- which would ALSO pick the broad region, hence TFCE, not sum |r|
+    from scipy import ndimage
+
+    vals = np.where(region, rmap, np.inf)
+    k = int(np.ceil(region.sum() * 0.10))
+    keep = np.zeros(rmap.shape, bool)
+    keep.flat[np.argsort(vals, axis=None)[:k]] = True
+    keep &= rmap < 0
+    lab, _ = ndimage.label(keep, np.ones((3, 3, 3)))
+    xyz = voxel_centers_mm(rmap.shape, aff)
+    lf = lab[tuple(np.rint(np.linalg.solve(aff[:3, :3], FOCUS - aff[:3, 3])).astype(int))]
+    lb = np.bincount(lab[lab > 0]).argmax()
+    assert lf != lb and lf > 0
+    assert -rmap[lab == lb].sum() > -rmap[lab == lf].sum()
+    sel = lab == lf
+    w = -rmap[sel]
+    np.testing.assert_allclose(t["cluster"].centroid_mm, (xyz[sel] * w[:, None]).sum(0) / w.sum(),
+                               atol=1e-9)
+    # backups: rank 1 is the target, rank 2 the broad region ~20 mm away
+    c = t["cluster"].candidates
+    assert [d["rank"] for d in c] == [1, 2, 3][:len(c)] and len(c) >= 2
+    assert (c[0]["x"], c[0]["y"], c[0]["z"]) == (t["cluster"].x, t["cluster"].y, t["cluster"].z)
+    assert c[0]["distance_to_primary_mm"] == 0.0
+    p2 = np.array([c[1]["x"], c[1]["y"], c[1]["z"]])
+    assert np.linalg.norm(p2 - broad) < 8.0
+    assert c[1]["distance_to_primary_mm"] == pytest.approx(np.linalg.norm(p2 - pos["cluster"]))
+    assert c[1]["n_voxels"] == int((lab == lb).sum())
+    assert c[1]["mean_r"] == pytest.approx(rmap[lab == lb].mean())
+    assert c[0]["score"] > c[1]["score"]
+    d = t["cluster"].to_dict()
+    assert d["candidates"][1]["n_voxels"] == c[1]["n_voxels"] and d["status"] == "ok"
+
+
+def test_tfce_known_answers():
+    """TFCE = sum_k e^E h_k^H dh, checked on shapes whose extents are known by construction."""
+    from tmstarget.target import tfce
+
+    shape = (12, 12, 12)
+    v = np.zeros(shape)
+    mask = np.ones(shape, bool)
+    v[2, 2, 2] = 0.5  # isolated voxel: extent 1 at every height
+    v[6:9, 6:9, 6:9] = 0.25  # 27-voxel cube at a quarter of the top height
+    out = tfce(v, mask, e=0.5, h=2.0, n_steps=50)
+    dh = 0.5 / 50
+    hs = dh * np.arange(1, 51)
+    assert out[2, 2, 2] == pytest.approx(np.sum(hs**2 * dh))
+    assert out[7, 7, 7] == pytest.approx(np.sum(27**0.5 * hs[hs <= 0.25 + 1e-12] ** 2 * dh))
+    assert out[0, 0, 0] == 0.0
+    # a step pyramid: a 3x3x3 cube at 0.2 with its centre at 0.5 -> extent 27 up to 0.2, then 1
+    v2 = np.zeros(shape)
+    v2[1:4, 1:4, 1:4] = 0.2
+    v2[2, 2, 2] = 0.5
+    o2 = tfce(v2, mask, n_steps=50)
+    low = hs <= 0.2 + 1e-12
+    assert o2[2, 2, 2] == pytest.approx(np.sum(np.where(low, 27**0.5, 1.0) * hs**2 * dh))
+    # outside the mask counts as 0
+    m2 = mask.copy()
+    m2[2, 2, 2] = False
+    assert tfce(v2, m2, n_steps=50)[2, 2, 2] == 0.0
+
+
+def _few_negative_map():
+    shape = (10, 10, 10)
+    aff = np.diag([2.0, 2.0, 2.0, 1.0])
+    region = np.ones(shape, bool)
+    rng = np.random.default_rng(5)
+    rmap = rng.uniform(0.05, 0.5, shape)  # positive everywhere ...
+    neg = [(2, 2, 2), (2, 2, 3), (2, 3, 2), (3, 2, 2), (7, 7, 7), (7, 1, 8)]
+    for i, ijk in enumerate(neg):  # ... except 6 voxels (fewer than any method asks for)
+        rmap[ijk] = -0.1 - 0.05 * i
+    return rmap, region, aff, neg
+
+
+def test_centroids_use_negative_voxels_only():
+    rmap, region, aff, neg = _few_negative_map()
+    xyz = voxel_centers_mm(rmap.shape, aff)
+    t = find_targets(rmap, region, aff, methods=["cluster", "cluster_largest", "weighted"],
+                     cluster_percent=10, weighted_n_voxels=50)  # 100 and 50 voxels asked
+    sel = np.zeros(rmap.shape, bool)
+    for ijk in neg:
+        sel[ijk] = True
+    w = -rmap[sel]
+    oracle = (xyz[sel] * w[:, None]).sum(0) / w.sum()
+    assert t["weighted"].n_voxels == 6
+    np.testing.assert_allclose(t["weighted"].centroid_mm, oracle, atol=1e-9)
+    assert "only 6 negative voxels" in t["weighted"].description
+    for m in ("cluster", "cluster_largest"):
+        assert t[m].n_voxels <= 4
+        cen = np.array(t[m].centroid_mm)
+        assert t[m].r < 0 and t[m].ok
+        # the centroid lies in the convex hull of negative voxels only: here, one cluster
+        assert min(np.linalg.norm(cen - xyz[ijk]) for ijk in neg) < 2.5
+        assert "positive voxels are never used" in t[m].description
+    # property: what the positive voxels hold cannot matter
+    other = np.where(rmap > 0, np.random.default_rng(9).uniform(0.01, 0.9, rmap.shape), rmap)
+    t2 = find_targets(other, region, aff, methods=["cluster", "cluster_largest", "weighted"],
+                      cluster_percent=10, weighted_n_voxels=50)
+    for m in t:
+        assert (t2[m].x, t2[m].y, t2[m].z) == (t[m].x, t[m].y, t[m].z)
+
+
+def test_no_negative_voxel_is_reported_not_averaged():
+    rmap, region, aff, _ = _few_negative_map()
+    pos = np.abs(rmap) + 0.01
+    t = find_targets(pos, region, aff, methods=["classic", "cluster", "cluster_largest",
+                                                "weighted"])
+    for m, tg in t.items():
+        assert tg.status == "no_negative_voxels" and not tg.ok, m
+        assert tg.n_voxels == 0 and tg.centroid_mm is None and tg.candidates is None
+        assert "NO TARGET" in tg.description
+        assert tg.r == pytest.approx(pos[region].min())
+        assert tg.to_dict()["status"] == "no_negative_voxels"
+
+
+def test_time_series_methods_are_not_map_methods():
+    rmap, region, aff, _ = _few_negative_map()
+    with pytest.raises(InputError, match="time series"):
+        find_targets(rmap, region, aff, methods=["snt"])
+    with pytest.raises(InputError, match="unknown target method"):
+        find_targets(rmap, region, aff, methods=["clusterr"])
