@@ -26,8 +26,8 @@ def _run(rng, mask, n_t=50):
 def test_sphere_seed_timeseries_is_the_hand_computed_mean(target_rng):
     mask = np.ones(SHAPE, bool)
     comb = combine_runs([_run(target_rng, mask)])
-    w, desc = seed_weights({"kind": "sphere", "center_mm": SGACC_CENTER_MM, "radius_mm": 10},
-                           SHAPE, AFF)
+    w, desc = seed_weights({"kind": "sphere", "center_mm": SGACC_CENTER_MM, "radius_mm": 10,
+                            "space": "MNI152NLin2009cAsym"}, SHAPE, AFF)
     ts, n = seed_timeseries(comb, w)
     # by hand: voxels whose centre is within 10 mm of (6, 16, -10)
     xyz = voxel_centers_mm(SHAPE, AFF)
@@ -47,7 +47,8 @@ def test_weighted_seed_map_file(tmp_path, target_rng):
     wmap[5, 6, 7], wmap[8, 9, 10] = 3.0, -1.0
     f = tmp_path / "circuit.nii.gz"
     nb.save(nb.Nifti1Image(wmap, AFF), f)
-    w, desc = seed_weights({"kind": "file", "file": str(f)}, SHAPE, AFF)
+    w, desc = seed_weights({"kind": "file", "file": str(f), "space": "MNI152NLin2009cAsym"},
+                           SHAPE, AFF)
     ts, n = seed_timeseries(comb, w)
     vol = to_volume(np.zeros(comb.data.shape[1]), comb)  # noqa: F841 (grid sanity)
     i1 = np.flatnonzero((comb.voxels == [5, 6, 7]).all(1))[0]
@@ -107,3 +108,17 @@ def test_runs_on_different_grids_are_an_error(target_rng):
     r2.affine[0, 3] += 2
     with pytest.raises(InputError, match="different voxel grid"):
         combine_runs([r1, r2], ["a_bold.nii.gz", "b_bold.nii.gz"])
+
+
+def test_runs_with_different_repetition_times_are_an_error(target_rng):
+    mask = np.ones(SHAPE, bool)
+    r1, r2 = _run(target_rng, mask), _run(target_rng, mask)
+    r2.tr = 2.5
+    import pytest
+
+    from tmstarget.errors import InputError
+
+    with pytest.raises(InputError, match=r"repetition time \(2.5 s\) differs from that of "
+                                         r"run-1.nii.gz \(2 s\)") as ei:
+        combine_runs([r1, r2], ["run-1.nii.gz", "run-2.nii.gz"])
+    assert ei.value.path == "run-2.nii.gz"

@@ -40,6 +40,7 @@ inputs (``discover_anat``), and participants without them keep the MNI-only regi
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,18 +129,40 @@ def grey_matter_mask(shape: tuple[int, int, int], affine: np.ndarray,
         raise InputError(path, "the grey-matter map is not a probability map (values outside "
                          "0-1).", "Give fMRIPrep's label-GM_probseg (probabilities).")
     same = tuple(data.shape) == tuple(shape) and np.allclose(img.affine, affine, atol=1e-3)
+    how = ""
     if not same:
-        from nilearn.image import resample_img
-
-        img = nb.Nifti1Image(np.nan_to_num(data), img.affine)
-        data = np.asarray(resample_img(img, target_affine=np.asarray(affine),
-                                       target_shape=tuple(shape), interpolation="continuous",
-                                       force_resample=True, copy_header=True).dataobj)
+        data, how = _grey_matter_fraction(np.nan_to_num(data), img.affine, shape, affine)
     mask = np.nan_to_num(data) >= float(threshold)
     src = ("the shipped MNI152NLin2009cAsym template grey-matter map" if probseg is None
            else f"{path.name}")
-    return mask, (f"grey matter (probability >= {float(threshold):g} in {src}"
-                  + ("" if same else ", resampled to the BOLD grid") + ")")
+    return mask, (f"grey matter (probability >= {float(threshold):g} in {src}{how})")
+
+
+def _grey_matter_fraction(prob: np.ndarray, prob_affine: np.ndarray, shape: Sequence[int],
+                          affine: np.ndarray, n: int = 4) -> tuple[np.ndarray, str]:
+    """The mean GM probability over each target voxel's footprint (its partial-volume GM).
+
+    Each target voxel is sampled at ``n**3`` points spread evenly inside it (trilinear on the
+    map); on a grid no coarser than the map this is close to point sampling, on a coarse BOLD
+    grid (3-4 mm) it is the voxel's grey-matter fraction, which point sampling at the voxel
+    centre is not.
+    """
+    from scipy import ndimage
+
+    from .regions import voxel_centers_mm
+
+    aff = np.asarray(affine, float)
+    offs = (np.arange(n) + 0.5) / n - 0.5
+    sub = np.stack(np.meshgrid(offs, offs, offs, indexing="ij"), -1).reshape(-1, 3)
+    sub_mm = sub @ aff[:3, :3].T  # offsets inside a voxel, in mm (any storage orientation)
+    centres = voxel_centers_mm(tuple(shape), aff).reshape(-1, 3)
+    inv = np.linalg.inv(np.asarray(prob_affine, float))
+    acc = np.zeros(len(centres))
+    for o in sub_mm:
+        ijk = nb.affines.apply_affine(inv, centres + o).T
+        acc += ndimage.map_coordinates(prob, ijk, order=1, mode="constant", cval=0.0)
+    return (acc / len(sub_mm)).reshape(tuple(shape)), (
+        ", resampled to the BOLD grid as each voxel's mean (partial-volume) probability")
 
 
 def depth_mask(region: np.ndarray, affine: np.ndarray, to_t1w: Any, model: Any,

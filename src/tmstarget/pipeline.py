@@ -44,6 +44,19 @@ def data_space(cfg: Mapping[str, Any]) -> str:
     return str(cfg.get("space") or MNI_SPACE)
 
 
+def seed_centre_in_data_space(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """For a sphere seed: its centre in the data's space and as given (with its space)."""
+    from .spaces import NLIN6, convert_points
+
+    seed = cfg["seed"]
+    if seed.get("kind", "sphere") != "sphere":
+        return {}
+    space = seed.get("space") or NLIN6
+    c = convert_points([seed["center_mm"]], space, data_space(cfg))[0]
+    return {"center_mm": [round(float(v), 3) for v in c], "space": data_space(cfg),
+            "published": {"center_mm": [float(v) for v in seed["center_mm"]], "space": space}}
+
+
 def search_in_data_space(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """``cfg["search"]`` with its sites converted into the data's template space.
 
@@ -143,7 +156,8 @@ def seedmap_step(npz_paths: Sequence[str | Path], participant: str, session: str
                        "seed time series (runs denoised separately, z-scored, concatenated).",
         "Space": MNI_SPACE,
         "Units": "r (Pearson correlation, unitless)",
-        "Seed": {"description": seed_desc, "n_voxels": n_seed, "config": dict(cfg["seed"])},
+        "Seed": {"description": seed_desc, "n_voxels": n_seed, "config": dict(cfg["seed"]),
+                 **seed_centre_in_data_space(cfg)},
         "Denoising": strategy,
         "RetainedVolumes": n_total,
         "RepetitionTime": tr,
@@ -185,6 +199,10 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
     rel = lambda p: str(Path(p).resolve().relative_to(root.resolve()))  # noqa: E731
     warnings = []
     for name, tg in targets.items():
+        if not tg.ok:
+            warnings.append(f"{name}: NO TARGET ({tg.status}): {tg.description}. The "
+                            "coordinate recorded is for inspection only and is never exported.")
+            continue
         if tg.r >= 0:
             warnings.append(f"{name}: no anticorrelation with the seed in the search region "
                             f"(r = {tg.r:.3f} ≥ 0); the target is not meaningful.")
@@ -215,7 +233,9 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
             "retained_seconds": qc["retained_seconds"],
             "runs": [{k: q.get(k) for k in ("n_volumes", "n_non_steady_state", "n_censored",
                                              "n_retained", "retained_seconds", "fd_mean",
-                                             "fd_max", "n_constant_voxels_dropped")}
+                                             "fd_max", "n_constant_voxels_dropped",
+                                             "confound_columns", "n_censored_motion",
+                                             "n_censored_short_segment", "censored")}
                      | {"bold": q["inputs"][0]["path"]} for q in qc["runs"]],
         },
         "retained_volumes": qc["retained_volumes"],

@@ -548,6 +548,7 @@ def _env() -> Any:
         loader=jinja2.PackageLoader("tmstarget", "templates"),
         autoescape=True, undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = fmt
+    env.filters["basename"] = lambda p: Path(str(p)).name
     return env
 
 
@@ -630,7 +631,7 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
         runs.append({"bold": q.get("inputs", [{}])[0].get("path"),
                      **{k: q.get(k) for k in ("n_volumes", "n_non_steady_state", "n_censored",
                                               "n_retained", "retained_seconds", "fd_mean",
-                                              "fd_max", "fd_threshold")}})
+                                              "fd_max", "fd_threshold", "confound_columns")}})
     dq = {"retained_volumes": qc.get("retained_volumes"),
           "retained_minutes": float(qc.get("retained_seconds") or 0) / 60.0,
           "repetition_time": qc.get("repetition_time"),
@@ -640,7 +641,8 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
     ts = pd.read_csv(seed_tsv, sep="\t")["seed"].to_numpy(float)
     seed = dict(qc.get("seed") or tj.get("seed") or {})
     seed_cfg = seed.get("config") or {}
-    seed_centre = _xyz(seed_cfg.get("center_mm")) if seed_cfg.get("kind") == "sphere" else None
+    seed_centre = (_xyz(seed.get("center_mm") or seed_cfg.get("center_mm"))
+                   if seed_cfg.get("kind") == "sphere" else None)
 
     # reproducibility
     rep: dict[str, Any] | None = None
