@@ -766,6 +766,7 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
     """
     ncfg = dict(cfg.get("native", cfg))
     tj = json.loads(Path(target_json).read_text())
+    nav.read_t1w_info(t1w)  # header refusals come first, before any segmentation
     model = build_head_model(t1w, brain_mask)
     record, pose = plan_native(tj, t1w, brain_mask, xfm_mni_to_t1w_points,
                                xfm_t1w_to_mni_points, ncfg, model=model)
