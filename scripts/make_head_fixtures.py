@@ -30,9 +30,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from tmstarget import itk  # noqa: E402
-from tmstarget.builtin import DEFAULTS, anatomical_workflow  # noqa: E402
-from tmstarget.native import load_point_transform  # noqa: E402
+from tmstarget import itk
+from tmstarget.builtin import DEFAULTS, anatomical_workflow
+from tmstarget.native import load_point_transform
 
 HEADS = {
     "pycortex-S1": REPO / "tests" / "data" / "heads" / "pycortex-S1_T1w.nii.gz",

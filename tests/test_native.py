@@ -225,6 +225,27 @@ def test_scalp_rules_refuse_swapped_ears_and_write_nothing(tmp_path: Path) -> No
     assert _nothing_written(tmp_path)
 
 
+def test_f3_in_the_right_hemisphere_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Second line of defence: landmarks mirrored past the swap check (here by patching it
+    out) put F3 on the right; the scalp rules refuse and nothing is written."""
+    from tmstarget import scalp
+
+    real = scalp.find_landmarks
+
+    def mirrored(*args, **kwargs):
+        lm, warn = real(*args, **kwargs)
+        lm["lpa"], lm["rpa"] = lm["rpa"], lm["lpa"]
+        return lm, warn
+
+    monkeypatch.setattr(scalp, "find_landmarks", mirrored)
+    paths = make_subject(tmp_path / "anat", "RAS")
+    lm = phantom_landmarks(tmp_path / "landmarks.tsv")
+    with pytest.raises(InputError, match="RIGHT hemisphere"):
+        run(tmp_path, paths, target_json(tmp_path),
+            scalp_rules={"landmarks_file": str(lm), "max_snap_mm": 40})
+    assert _nothing_written(tmp_path)
+
+
 def test_scalp_rules_follow_a_moved_head(tmp_path: Path) -> None:
     """A head moved by a known rigid map: the scalp-rule points move with it (T1w), and map
     back to the same MNI points."""

@@ -199,7 +199,7 @@ def test_beam_f3_walked_on_a_sphere(sphere) -> None:
 
 
 def test_five_cm_rule_on_a_sphere(sphere) -> None:
-    surf, lm = sphere
+    surf, _ = sphere
     hs = on_sphere(55, 60)  # left, a little anterior of the ear line
     f = sc.five_cm_rule(surf, surf.snap(hs)[0], np.array([0.0, 1.0, 0.0]), 50.0)
     p = f["scalp_mm"]
@@ -248,7 +248,7 @@ def test_user_landmarks_override_and_swapped_ears_are_refused(sphere, tmp_path) 
     ident = load_point_transform(itk.write_itk_txt_affine(tmp_path / "id.txt", np.eye(4)))
     user = sphere_landmarks()
     lm, warn = sc.find_landmarks(surf, ident, user=user)
-    assert all(v.status == "user" for v in lm.values())
+    assert all(v.status == "user" for v in lm.values()) and not warn
     assert np.linalg.norm(lm["lpa"].t1w_mm - user["lpa"]) < 1.5
     swapped = dict(user, lpa=user["rpa"], rpa=user["lpa"])
     with pytest.raises(InputError, match="left and right are swapped"):
@@ -294,7 +294,7 @@ def colin(tmp_path_factory):
 def test_template_fiducials_on_colin27_scalp(colin) -> None:
     """The FieldTrip fiducials lie on this project's Colin27 scalp (so they are skin points of
     the head they were defined on, and the snapping moves them little)."""
-    model, surf, ident = colin
+    _, surf, ident = colin
     lm, warn = sc.find_landmarks(surf, ident)
     assert not warn
     for k, v in lm.items():
@@ -302,7 +302,7 @@ def test_template_fiducials_on_colin27_scalp(colin) -> None:
 
 
 def test_ten_twenty_on_colin27_matches_fieldtrip(colin) -> None:
-    model, surf, ident = colin
+    _, surf, ident = colin
     lm, _ = sc.find_landmarks(surf, ident)
     pos = sc.ten_twenty(surf, lm)["positions"]
     for name, want in FIELDTRIP_1020.items():
@@ -423,7 +423,7 @@ def test_coil_entry_on_the_scalp_normal_into_the_head(head) -> None:
     """At a left-DLPFC target and at the hand knob: the entry is where the T1w goes from
     tissue to air (intensity oracle, not the head mask), the into-head normal points at the
     target, and the scalp-to-cortex distance is adult-like (10-25 mm typical; 8-30 allowed)."""
-    name, p, model, fwd, _, plan = head
+    name, p, model, fwd, _, _ = head
     data, aff, p99 = _t1(p)
     air, tissue = 0.06 * p99, 0.10 * p99
     for where, mni in (("DLPFC", DLPFC_MNI), ("hand knob", HAND_MNI)):

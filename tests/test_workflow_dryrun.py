@@ -191,8 +191,8 @@ def test_dry_run_scalp_rules_outputs_and_hotspot_units(tmp_path):
     cfg = {"native": {"scalp_rules": {"hotspot_t1w_mm": {"sub-03_ses-2": [-35.0, -18.0, 70.0]}}}}
     res = dry_run(src, tmp_path / "out", cfg)
     assert res.returncode == 0, res.stderr
-    assert len(re.findall(r"^\s*rule native_hotspot:", res.stdout, re.M)) == 1
-    assert len(re.findall(r"^\s*rule native:", res.stdout, re.M)) == 2
+    assert len(re.findall(r"^\s*rule native_hotspot:", res.stdout, re.MULTILINE)) == 1
+    assert len(re.findall(r"^\s*rule native:", res.stdout, re.MULTILINE)) == 2
     for stem in ("sub-01/anat/sub-01_task-rest", "sub-03/ses-1/anat/sub-03_ses-1_task-rest",
                  "sub-03/ses-2/anat/sub-03_ses-2_task-rest"):
         for suffix in ("desc-scalpBeamF3_brainsight.txt", "desc-scalpEEGF3_visor2.mrk",

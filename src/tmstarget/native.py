@@ -15,7 +15,9 @@ Scalp and coil
 --------------
 The head (scalp) is segmented from the T1w itself: intensity threshold (10 % of the 99th
 percentile), largest connected component, morphological closing and hole filling (3-D and
-slice-wise along every axis), united with the brain mask. All geometry is computed in world
+slice-wise along every axis), united with the brain mask; voxels on the image border are not
+scalp (the field of view cuts the head there), and a coil entry at the border is refused. The
+scalp-rule targets on this head model are in :mod:`tmstarget.scalp`. All geometry is computed in world
 millimetres through the image affine, so the storage orientation (RAS, LAS, LPS, oblique) does
 not matter. For a target ``t`` (inside the head):
 

@@ -58,6 +58,7 @@ thickness of the cortical ribbon) into it.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -335,7 +336,7 @@ def _tape(q2: np.ndarray, closed: bool) -> np.ndarray:
 def _sweep(surf: ScalpSurface, centre: np.ndarray, u: np.ndarray, w: np.ndarray,
            theta_end: float, step_deg: float = 0.5, closed: bool = False,
            ends: tuple[np.ndarray, np.ndarray] | None = None) -> Arc:
-    n = max(int(math.ceil(abs(math.degrees(theta_end)) / step_deg)), 2)
+    n = max(math.ceil(abs(math.degrees(theta_end)) / step_deg), 2)
     th = np.linspace(0.0, theta_end, n + (0 if closed else 1), endpoint=not closed)
     dirs = np.cos(th)[:, None] * u + np.sin(th)[:, None] * w
     pts, fov = surf.edge(centre, dirs)
@@ -348,7 +349,7 @@ def _sweep(surf: ScalpSurface, centre: np.ndarray, u: np.ndarray, w: np.ndarray,
     tape_pts, tape_fov = pts[idx], fov[idx]
     # how much of the tape bridges a gap: raw crossings more than 3 mm inside the tape
     bridged = 0.0
-    for a, b in zip(idx[:-1], idx[1:]):
+    for a, b in itertools.pairwise(idx):
         if b - a > 1 or (closed and b < a):
             seg = np.arange(a, b + 1) if b > a else np.r_[np.arange(a, len(pts)), np.arange(b + 1)]
             p0, p1 = pts[a], pts[b]
@@ -464,7 +465,7 @@ class Landmark:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready record."""
-        r = lambda v: None if v is None else [round(float(x), 3) for x in v]  # noqa: E731
+        r = lambda v: None if v is None else [round(float(x), 3) for x in v]
         return {"t1w_mm": r(self.t1w_mm), "status": self.status,
                 "template_mapped_t1w_mm": r(self.mapped_mm),
                 "snap_distance_mm": (None if self.snap_distance_mm is None
@@ -713,8 +714,8 @@ def beam_f3_distances(hc: float, ni: float, tt: float) -> tuple[float, float]:
             raise InputError(None, f"Beam F3: the {label} distance must be positive, got {v}.",
                              "Check the landmarks.")
     r1, r2 = 0.4 * ni, 0.4 * tt
-    s = lambda deg: math.sin(math.radians(deg))  # noqa: E731
-    c = lambda deg: math.cos(math.radians(deg))  # noqa: E731
+    s = lambda deg: math.sin(math.radians(deg))
+    c = lambda deg: math.cos(math.radians(deg))
     a = (r2 * s(324) + r1 / 2) / r2
     b = r1 * s(298) / (r1 * c(298) - r2 / 2)
     x = (r1 - r2 * b) / (2 * (a - b))
@@ -913,7 +914,7 @@ def _r_at(rmap: nb.Nifti1Image | None, p_mni: np.ndarray, radius_mm: float = 5.0
         return None, None
     v = float(data[tuple(ijk)])
     r0 = v if np.isfinite(v) and v != 0 else None
-    half = int(math.ceil(radius_mm / float(np.min(np.linalg.norm(aff[:3, :3], axis=0))))) + 1
+    half = math.ceil(radius_mm / float(np.min(np.linalg.norm(aff[:3, :3], axis=0)))) + 1
     lo, hi = np.maximum(ijk - half, 0), np.minimum(ijk + half + 1, data.shape[:3])
     ii = np.stack(np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi)), indexing="ij"), -1)
     ii = ii.reshape(-1, 3)
@@ -1034,7 +1035,6 @@ def plan_scalp_rules(model: Any, fwd: Any, inv: Any | None, t1w_info: Any,
                     "(estimated from the template): the measurements through them are "
                     "estimates." if est else "")),
     }
-    cz = pos["Cz"]
     ant_dir = lm["nasion"].t1w_mm - lm["inion"].t1w_mm
     scalp_pts: dict[str, np.ndarray] = {}
     extra: dict[str, dict[str, Any]] = {}
@@ -1239,7 +1239,7 @@ def head_model_figure(t1w_path: str | os.PathLike[str], model: Any,
         view_c[list(axes)] = mid[list(axes)]
         ext = [view_c[axes[0]] - h, view_c[axes[0]] + h, view_c[axes[1]] - h,
                view_c[axes[1]] + h]
-        n_px = int(round(2 * h)) + 1
+        n_px = round(2 * h) + 1
         ax.imshow(_world_slice(t1, aff, view_c, axes, half_mm=h), origin="lower", cmap="gray",
                   vmin=0, vmax=vmax, extent=ext)
         xs = np.linspace(ext[0], ext[1], n_px)
@@ -1312,7 +1312,7 @@ def landmarks_figure(plan: ScalpPlan, title: str = "") -> Any:
              ("from above", 0, 1, 1, 2, 1, ("L", "R")),
              ("from behind", 0, 1, 2, 1, -1, ("L", "R")))
     fig, axs = plt.subplots(1, 3, figsize=(14, 5.2))
-    tf = lambda p: (np.asarray(p, float) - o) @ r.T  # noqa: E731
+    tf = lambda p: (np.asarray(p, float) - o) @ r.T
     arcs = plan.ten_twenty["arcs"] if plan.ten_twenty else {}
     for ax, (label, hx, hs, vy, dz, sign, ends) in zip(axs, views):
         # z-buffer: per 1 mm pixel the scalp point nearest the viewer, shaded by depth
@@ -1332,7 +1332,7 @@ def landmarks_figure(plan: ScalpPlan, title: str = "") -> Any:
         ax.imshow(zbuf, origin="lower", cmap="Greys_r", vmin=-0.3, vmax=1.4, extent=[
             u0, u0 + px * zbuf.shape[1], v0, v0 + px * zbuf.shape[0]], interpolation="nearest")
 
-        def visible(p: np.ndarray) -> bool:
+        def visible(p: np.ndarray, sign: int = sign, dz: int = dz) -> bool:
             return bool(sign * p[dz] > -15)
 
         for name, arc in arcs.items():
@@ -1446,8 +1446,8 @@ class ScalpJob:
         from .io import write_nifti
 
         out = Path(out_dir)
-        base = stem[: -len("_desc-target")] if stem.endswith("_desc-target") else stem
-        rel = (lambda p: str(Path(p).resolve().relative_to(root))) if root else (  # noqa: E731
+        base = stem.removesuffix("_desc-target")
+        rel = (lambda p: str(Path(p).resolve().relative_to(root))) if root else (
             lambda p: Path(p).name)
         rec = json_ready(self.plan.record)
         bs_primary = ("brainsight" if int(native_cfg.get("brainsight_version", 14)) == 14
@@ -1547,7 +1547,7 @@ def _write_points_tsv(path: Path, plan: ScalpPlan, rec: Mapping[str, Any]) -> No
     buf = _io.StringIO()
     w = csv.writer(buf, delimiter="\t", lineterminator="\n")
     w.writerow(["name", "kind", "x", "y", "z", "x_mni", "y_mni", "z_mni", "status", "note"])
-    f = lambda v: "" if v is None else f"{float(v):.3f}"  # noqa: E731
+    f = lambda v: "" if v is None else f"{float(v):.3f}"
     mni10 = rec["ten_twenty_mni_mm"]
     for name, l in rec["landmarks"].items():
         w.writerow([name, "landmark", *map(f, l["t1w_mm"]), "", "", "", l["status"], l["note"]])
