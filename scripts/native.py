@@ -11,4 +11,4 @@ sm = snakemake  # noqa: F821
 run_step(sm, native_step, target_json=sm.input.coords, t1w=sm.input.t1w,
          brain_mask=sm.input.mask, xfm_mni_to_t1w_points=sm.input.xfm_mni_to_t1w_points,
          xfm_t1w_to_mni_points=sm.input.xfm_t1w_to_mni_points, cfg=sm.config["native"],
-         out_json=sm.output.coords, output_root=sm.params.output_root)
+         out_json=sm.output.coords, output_root=sm.params.output_root, rmap=sm.input.rmap)

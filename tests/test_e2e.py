@@ -138,6 +138,21 @@ def test_native_exports_for_every_subject_and_session(sample_run):
         assert 5.0 < tg["scalp_to_target_mm"] < 40.0 and tg["scalp_to_cortex_mm"] > 5.0
         assert d["scalp_to_cortex_mm"]["hotspot"] is not None
         assert "not a prescription" in d["depth_advice"]
+        # scalp rules on the participant's own (Colin27) scalp, with r from its own map
+        sr = d["scalp_rules"]
+        base = stem[: -len("_desc-target")]
+        for m in ("beam_f3", "eeg_f3"):
+            r = sr["rules"][m]
+            assert r["hemisphere"] == "left" and r["in_left_dlpfc_search_region"], (stem, m)
+            assert r["r"] is not None and -1 <= r["r"] <= 1
+            assert {e["key"] for e in r["exports"]} == set(ALL_FORMATS)
+            assert all((out / e["file"]).is_file() and "desc-scalp" in e["file"]
+                       for e in r["exports"])
+        assert sr["rules"]["5cm"]["status"].startswith("not computed")  # no hotspot given
+        for f in ("desc-scalp_coords.tsv", "desc-head_mask.nii.gz", "desc-scalpmodel_qc.png",
+                  "desc-landmarks_qc.png"):
+            assert (folder / f"{base}_{f}").is_file(), (base, f)
+        assert 500 < sr["measurements"]["head_circumference_mm"] < 650
 
 
 def test_every_sample_unit_gets_a_report_and_the_cohort_report_links_them(sample_run):

@@ -89,11 +89,12 @@ def run(tmp: Path, paths: dict[str, Path], tj: Path, **cfg) -> tuple[dict, Path]
     return rec, out
 
 
-def read_all_positions(rec: dict, root: Path) -> dict[str, np.ndarray]:
+def read_all_positions(rec: dict, root: Path, exports: list | None = None
+                       ) -> dict[str, np.ndarray]:
     """Target positions (RAS mm) of every export, read with independent parsers."""
     import slicerio
 
-    f = {e["key"]: root / e["file"] for e in rec["exports"]}
+    f = {e["key"]: root / e["file"] for e in (rec["exports"] if exports is None else exports)}
     found = {
         "brainsight": rd.read_brainsight(f["brainsight"]).targets[0].matrix[:3, 3],
         "brainsight_v12": rd.read_brainsight(f["brainsight_v12"]).targets[0].matrix[:3, 3],
@@ -150,6 +151,118 @@ def test_laterality_canaries_every_orientation_every_format(tmp_path: Path) -> N
         # same voxel centres for RAS/LAS/LPS; the oblique grid samples the scalp differently
         tol = 0.5 if orient != "oblique" else 3.0
         assert np.linalg.norm(coil_centres[orient] - coil_centres["RAS"]) <= tol, orient
+
+
+def ellipsoid_point(el: float, az: float) -> np.ndarray:
+    """A point on the phantom's scalp (az 0 = anterior, 90 = left; el from the centre plane)."""
+    e, a = math.radians(el), math.radians(az)
+    return HEAD_C + HEAD_AX * np.array([-math.cos(e) * math.sin(a), math.cos(e) * math.cos(a),
+                                        math.sin(e)])
+
+
+def phantom_landmarks(path: Path, world: np.ndarray | None = None) -> Path:
+    """A user landmarks TSV on the phantom (T1w mm = world @ MNI), with a left motor hotspot."""
+    w = np.eye(4) if world is None else world
+    pts = {"nasion": (-10, 0), "inion": (-10, 180), "lpa": (-15, 90), "rpa": (-15, -90),
+           "vertex": (88, 0), "hotspot": (62, 95)}
+    rows = ["participant_id\tname\tx\ty\tz"]
+    for k, (el, az) in pts.items():
+        q = (w @ np.append(ellipsoid_point(el, az), 1.0))[:3]
+        rows.append("sub-01\t" + k + "\t" + "\t".join(f"{v:.3f}" for v in q))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_laterality_canaries_scalp_rules_every_orientation_every_format(tmp_path: Path) -> None:
+    """Every scalp-rule target (Beam F3, EEG F3, 5 cm) in every export format, with the T1w
+    stored RAS, LAS, LPS and oblique: left stays left, and the same world position results."""
+    centres: dict[str, dict[str, np.ndarray]] = {}
+    for orient in ("RAS", "LAS", "LPS", "oblique"):
+        d = tmp_path / orient
+        paths = make_subject(d / "anat", orient)
+        lm = phantom_landmarks(d / "landmarks.tsv")
+        rec, _ = run(d, paths, target_json(d),
+                     scalp_rules={"landmarks_file": str(lm), "max_snap_mm": 40})
+        sr = rec["scalp_rules"]
+        assert set(sr["rules"]) == {"beam_f3", "eeg_f3", "5cm"}
+        centres[orient] = {}
+        for m, r in sr["rules"].items():
+            assert r["hemisphere"] == "left" and r["laterality_check"]["passed"]
+            assert {e["key"] for e in r["exports"]} == set(ALL_FORMATS)
+            assert all("SCALP-RULE" in e["how_to_load"] for e in r["exports"])
+            centre, cort = np.array(r["coil"]["center_mm"]), np.array(r["cortical_t1w_mm"])
+            assert np.linalg.norm(centre - np.array(r["scalp_t1w_mm"])) < 1e-3
+            found = read_all_positions(rec, d / "out", r["exports"])
+            for key, pos in found.items():
+                want = centre if key in ("brainsight", "brainsight_v12", "localite_im",
+                                         "ant") else cort
+                tol = 0.5 if key != "sphere_centroid" else 0.6
+                assert np.linalg.norm(pos - want) < tol, (orient, m, key, pos, want)
+                assert pos[0] < 0, (orient, m, key, pos)  # left stays left in every format
+            assert centre[0] < cort[0] < 0  # the coil lateral to a left cortical point
+            names = {json.loads((d / "out" / e["file"]).read_text())["name"]
+                     for e in r["exports"] if e["key"] == "json"}
+            assert names and all("scalp rule" in n and "not the connectivity target" in n
+                                 for n in names)
+            centres[orient][m] = centre
+        # the connectivity target's own exports are untouched by the scalp rules
+        assert {e["key"] for e in rec["exports"]} == set(ALL_FORMATS)
+        assert all("desc-target_" in e["file"] for e in rec["exports"])
+    for orient in ("LAS", "LPS", "oblique"):
+        tol = 0.5 if orient != "oblique" else 3.0
+        for m in centres["RAS"]:
+            assert np.linalg.norm(centres[orient][m] - centres["RAS"][m]) <= tol, (orient, m)
+
+
+def test_scalp_rules_refuse_swapped_ears_and_write_nothing(tmp_path: Path) -> None:
+    paths = make_subject(tmp_path / "anat", "LPS")
+    lm = phantom_landmarks(tmp_path / "landmarks.tsv")
+    txt = lm.read_text().replace("\tlpa\t", "\tTMP\t").replace("\trpa\t", "\tlpa\t")
+    lm.write_text(txt.replace("\tTMP\t", "\trpa\t"))
+    with pytest.raises(InputError, match="left and right are swapped"):
+        run(tmp_path, paths, target_json(tmp_path),
+            scalp_rules={"landmarks_file": str(lm), "max_snap_mm": 40})
+    assert _nothing_written(tmp_path)
+
+
+def test_f3_in_the_right_hemisphere_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """Second line of defence: landmarks mirrored past the swap check (here by patching it
+    out) put F3 on the right; the scalp rules refuse and nothing is written."""
+    from tmstarget import scalp
+
+    real = scalp.find_landmarks
+
+    def mirrored(*args, **kwargs):
+        lm, warn = real(*args, **kwargs)
+        lm["lpa"], lm["rpa"] = lm["rpa"], lm["lpa"]
+        return lm, warn
+
+    monkeypatch.setattr(scalp, "find_landmarks", mirrored)
+    paths = make_subject(tmp_path / "anat", "RAS")
+    lm = phantom_landmarks(tmp_path / "landmarks.tsv")
+    with pytest.raises(InputError, match="RIGHT hemisphere"):
+        run(tmp_path, paths, target_json(tmp_path),
+            scalp_rules={"landmarks_file": str(lm), "max_snap_mm": 40})
+    assert _nothing_written(tmp_path)
+
+
+def test_scalp_rules_follow_a_moved_head(tmp_path: Path) -> None:
+    """A head moved by a known rigid map: the scalp-rule points move with it (T1w), and map
+    back to the same MNI points."""
+    a = rigid_matrix((8.0, -6.0, 10.0), (12.0, -20.0, 25.0))
+    recs = {}
+    for key, world in (("ref", None), ("moved", a)):
+        d = tmp_path / key
+        paths = make_subject(d / "anat", "LAS", world=world)
+        lm = phantom_landmarks(d / "lm.tsv", world)
+        recs[key], _ = run(d, paths, target_json(d),
+                           scalp_rules={"landmarks_file": str(lm), "max_snap_mm": 40})
+    for m, r in recs["ref"]["scalp_rules"]["rules"].items():
+        moved = recs["moved"]["scalp_rules"]["rules"][m]
+        want = (a @ np.append(r["scalp_t1w_mm"], 1.0))[:3]
+        assert np.linalg.norm(np.array(moved["scalp_t1w_mm"]) - want) < 3.0, m
+        assert np.linalg.norm(np.array(moved["cortical_mni_mm"])
+                              - np.array(r["cortical_mni_mm"])) < 3.0, m
 
 
 def test_scalp_geometry_on_a_sphere(tmp_path: Path) -> None:

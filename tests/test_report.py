@@ -146,6 +146,7 @@ def make_unit(root: Path, participant: str = "01", session: str | None = None,
             "depth_advice": "ADVICE: about 4 percentage points lower.",
             "exports": [{"file": "sub-01/anat/x_brainsight.txt", "format": "Brainsight",
                          "space": "T1w", "how_to_load": f"Targets > Import {HOSTILE}"}],
+            "scalp_rules": _scalp_rules_record(root, anat),
         }))
     out_base = root / f"sub-{participant}" / (sid or "") / (
         f"sub-{participant}" + (f"_{sid}" if sid else ""))
@@ -154,6 +155,33 @@ def make_unit(root: Path, participant: str = "01", session: str | None = None,
             "native_json": native_path, "output_root": root,
             "out_html": Path(f"{out_base}_report.html"),
             "out_json": Path(f"{out_base}_report.json")}
+
+
+def _scalp_rules_record(root: Path, anat: Path) -> dict:
+    """A native JSON 'scalp_rules' section with two real PNG figures."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    figs = {}
+    for key in ("scalp_model_figure", "landmarks_figure"):
+        fig, ax = plt.subplots(figsize=(2, 2))
+        ax.plot([0, 1], [0, 1])
+        path = anat / f"{key}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        figs[key] = {"file": str(path.relative_to(root)), "shows": f"{key} caption"}
+    return {"measurements": {"head_circumference_mm": 583.0, "nasion_inion_mm": 355.0,
+                             "tragus_tragus_mm": 359.0, "estimated_from_template": ["nasion"]},
+            "landmarks_source": "template fiducials", "warnings": [f"nasion {HOSTILE}"],
+            "rules": {"beam_f3": {"label": "Beam F3 (scalp rule)",
+                                  "scalp_t1w_mm": [-50.0, 40.0, 60.0],
+                                  "cortical_mni_mm": [-38.8, 39.4, 36.6],
+                                  "scalp_to_cortex_mm": 15.75, "r": -0.31,
+                                  "distance_to_connectivity_target_mm": 10.45},
+                      "5cm": {"status": "not computed: no motor hotspot given"}},
+            "files": {"figures": figs}}
 
 
 def _render(unit: dict, cfg: dict | None = None) -> tuple[str, dict]:
@@ -238,6 +266,16 @@ def test_native_section_rendered_when_present(reports):
     assert data["native"]["available"] and "native" in data["figures"]
     assert "Depth adjustment advice" in html and "x_brainsight.txt" in html
     assert "cluster (primary)" in html
+
+
+def test_scalp_rules_section_with_head_mask_figure(reports):
+    html, data = reports["hostile_html"], reports["hostile_data"]
+    assert {"native_scalp_model_figure", "native_landmarks_figure"} <= set(data["figures"])
+    assert "Scalp model and scalp-rule targets" in html and "scalp_model_figure caption" in html
+    assert "(-38.8, 39.4, 36.6)" in html and "not computed: no motor hotspot" in html
+    assert "Estimated (no scalp in the image): nasion" in html
+    assert HOSTILE not in html  # the warning text is escaped like everything else
+    assert "Scalp model" not in reports["plain_html"]  # no native, no section
 
 
 def test_cohort_links_all_reports_and_sorts(reports):

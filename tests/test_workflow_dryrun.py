@@ -176,3 +176,31 @@ def test_dry_run_native_step_per_unit_with_anatomy(tmp_path):
     off = dry_run(src, tmp_path / "out2", {"native": {"enabled": False}})
     assert off.returncode == 0, off.stderr
     assert job_counts(off.stdout)["native"] == 0
+
+
+def test_dry_run_scalp_rules_outputs_and_hotspot_units(tmp_path):
+    """Scalp-rule files are declared for every unit with anatomy; the 5 cm rule's exports only
+    for units with a motor hotspot (rule native_hotspot)."""
+    src = make_tree(tmp_path / "fmriprep", {"01": {None: [None]}, "03": {"1": [None],
+                                                                          "2": [None]}})
+    for sub in ("01", "03"):
+        d = src / f"sub-{sub}" / "anat"
+        d.mkdir(parents=True)
+        for f in ANAT:
+            (d / f.format(p=f"sub-{sub}")).touch()
+    cfg = {"native": {"scalp_rules": {"hotspot_t1w_mm": {"sub-03_ses-2": [-35.0, -18.0, 70.0]}}}}
+    res = dry_run(src, tmp_path / "out", cfg)
+    assert res.returncode == 0, res.stderr
+    assert len(re.findall(r"^\s*rule native_hotspot:", res.stdout, re.MULTILINE)) == 1
+    assert len(re.findall(r"^\s*rule native:", res.stdout, re.MULTILINE)) == 2
+    for stem in ("sub-01/anat/sub-01_task-rest", "sub-03/ses-1/anat/sub-03_ses-1_task-rest",
+                 "sub-03/ses-2/anat/sub-03_ses-2_task-rest"):
+        for suffix in ("desc-scalpBeamF3_brainsight.txt", "desc-scalpEEGF3_visor2.mrk",
+                       "desc-scalp_coords.tsv", "desc-head_mask.nii.gz",
+                       "desc-scalpmodel_qc.png", "desc-landmarks_qc.png"):
+            assert f"{stem}_space-T1w_{suffix}" in res.stdout, (stem, suffix)
+    assert "sub-03_ses-2_task-rest_space-T1w_desc-scalp5cm_slicer.mrk.json" in res.stdout
+    assert "sub-01_task-rest_space-T1w_desc-scalp5cm" not in res.stdout
+    off = dry_run(src, tmp_path / "out2", {"native": {"scalp_rules": {"enabled": False}}})
+    assert off.returncode == 0, off.stderr
+    assert "desc-scalp" not in off.stdout and "desc-target_brainsight.txt" in off.stdout

@@ -15,7 +15,9 @@ Scalp and coil
 --------------
 The head (scalp) is segmented from the T1w itself: intensity threshold (10 % of the 99th
 percentile), largest connected component, morphological closing and hole filling (3-D and
-slice-wise along every axis), united with the brain mask. All geometry is computed in world
+slice-wise along every axis), united with the brain mask; voxels on the image border are not
+scalp (the field of view cuts the head there), and a coil entry at the border is refused. The
+scalp-rule targets on this head model are in :mod:`tmstarget.scalp`. All geometry is computed in world
 millimetres through the image affine, so the storage orientation (RAS, LAS, LPS, oblique) does
 not matter. For a target ``t`` (inside the head):
 
@@ -395,6 +397,15 @@ def build_head_model(t1w_path: str | os.PathLike[str],
         raise InputError(t1w_path, "the head mask is implausibly small.",
                          "Check the T1w intensities.")
     surf = head & ~ndi.binary_erosion(head, structure=ball, border_value=0)
+    # where the field of view cuts the head (the image border) is not scalp
+    for ax in range(3):
+        sl = [slice(None)] * 3
+        for k in (0, -1):
+            sl[ax] = k
+            surf[tuple(sl)] = False
+    if not surf.any():
+        raise InputError(t1w_path, "the head fills the whole image: no scalp surface inside "
+                         "the field of view.", "Check the T1w intensities and field of view.")
     pts = nb.affines.apply_affine(aff, np.argwhere(surf).astype(float))
     vox = float(np.min(np.linalg.norm(aff[:3, :3], axis=0)))
     return HeadModel(head, brain, aff, pts, cKDTree(pts), vox, str(t1w_path))
@@ -504,6 +515,12 @@ def scalp_geometry(model: HeadModel, target: Sequence[float] | np.ndarray, *,
             break
         n = n_new
     p = _ray_exit(model, t, n)
+    ijk = nb.affines.apply_affine(np.linalg.inv(model.affine), p)
+    if np.any(ijk < 1.5) or np.any(ijk > np.asarray(model.head.shape) - 2.5):
+        raise InputError(model.source, f"the scalp entry for the {where} is at the edge of the "
+                         "T1w field of view: the image cuts the head there, so the scalp (and "
+                         "the coil position) is not in the image.", "Use a T1w that covers the "
+                         "whole head above the ears.")
     cortex = None
     if model.brain is not None:
         cortex = _march_to(model, model.brain, p, -n)
@@ -546,7 +563,8 @@ def plan_native(target_json: Mapping[str, Any], t1w: str | os.PathLike[str],
                 brain_mask: str | os.PathLike[str] | None,
                 xfm_mni_to_t1w_points: str | os.PathLike[str],
                 xfm_t1w_to_mni_points: str | os.PathLike[str] | None,
-                cfg: Mapping[str, Any]) -> tuple[dict[str, Any], nav.CoilPose]:
+                cfg: Mapping[str, Any], *, model: HeadModel | None = None
+                ) -> tuple[dict[str, Any], nav.CoilPose]:
     """Everything the native step computes, in memory (nothing written).
 
     Parameters
@@ -561,6 +579,8 @@ def plan_native(target_json: Mapping[str, Any], t1w: str | os.PathLike[str],
         ``…_from-MNI152NLin2009cAsym_to-T1w_mode-image_xfm.h5`` (round-trip check).
     cfg : mapping
         The ``native`` config section.
+    model : HeadModel, optional
+        The head model of ``t1w`` and ``brain_mask`` if already built (else built here).
 
     Returns
     -------
@@ -594,7 +614,8 @@ def plan_native(target_json: Mapping[str, Any], t1w: str | os.PathLike[str],
                              f"by {roundtrip:.1f} mm (allowed {ROUNDTRIP_TOL_MM} mm): the files do "
                              "not belong together or one is swapped.", "Use the pair fMRIPrep "
                              "wrote for this participant (from-T1w_to-MNI… and from-MNI…_to-T1w).")
-    model = build_head_model(t1w, brain_mask)
+    if model is None:
+        model = build_head_model(t1w, brain_mask)
     normal_radius = float(cfg.get("normal_radius_mm", 20.0))
     max_depth = float(cfg.get("max_depth_mm", 40.0))
     entry_kind = cfg.get("entry", "normal")
@@ -737,7 +758,8 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
                 xfm_mni_to_t1w_points: str | os.PathLike[str],
                 xfm_t1w_to_mni_points: str | os.PathLike[str] | None,
                 cfg: Mapping[str, Any], out_json: str | os.PathLike[str],
-                output_root: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                output_root: str | os.PathLike[str] | None = None,
+                rmap: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Workflow step: native-space targets, coil pose and every navigator export.
 
     Writes ``out_json`` (``…_space-T1w_desc-target_coords.json``) and the export files
@@ -755,6 +777,12 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
     out_json : path-like
     output_root : path-like, optional
         Export paths in the JSON are relative to ``out_json``'s folder (and the root, if given).
+    rmap : path-like, optional
+        The MNI seed-correlation map (default: the target JSON's ``reference_image``, relative
+        to ``output_root``); the scalp rules report ``r`` at their cortical points.
+
+    Scalp rules (``native.scalp_rules``, on by default) add ``scalp_rules`` to the JSON and
+    their own files next to it (see :func:`tmstarget.scalp.scalp_rules_step`).
 
     Returns
     -------
@@ -763,12 +791,22 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
     """
     ncfg = dict(cfg.get("native", cfg))
     tj = json.loads(Path(target_json).read_text())
+    nav.read_t1w_info(t1w)  # header refusals come first, before any segmentation
+    model = build_head_model(t1w, brain_mask)
     record, pose = plan_native(tj, t1w, brain_mask, xfm_mni_to_t1w_points,
-                               xfm_t1w_to_mni_points, ncfg)
+                               xfm_t1w_to_mni_points, ncfg, model=model)
     out_json = Path(out_json)
     if not out_json.name.endswith("_coords.json"):
         raise InputError(out_json, "the output name must end in _coords.json.", "")
     stem = out_json.name[: -len("_coords.json")]
+    scalp_cfg = dict(ncfg.get("scalp_rules") or {})
+    scalp_job = None
+    if scalp_cfg.get("enabled", True):
+        from . import scalp
+
+        scalp_job = scalp.prepare_scalp_rules(
+            model, tj, record, t1w, xfm_mni_to_t1w_points, xfm_t1w_to_mni_points, ncfg,
+            rmap=rmap, output_root=output_root, target_json_path=target_json)
     out_json.parent.mkdir(parents=True, exist_ok=True)
     written = nav.write_all(pose, t1w, out_json.parent, stem,
                             sphere_radius_mm=float(ncfg.get("sphere_radius_mm", 5.0)),
@@ -787,6 +825,8 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
             entry["primary"] = fmt == bs_primary
         exports.append(entry)
     record["exports"] = exports
+    if scalp_job is not None:
+        record["scalp_rules"] = scalp_job.write(out_json.parent, stem, ncfg, root)
     tj_path = Path(target_json).resolve()
     record["target_json"] = (str(tj_path.relative_to(root))
                              if root is not None and root in tj_path.parents else str(tj_path))

@@ -523,7 +523,50 @@ def _native_section(native: Mapping[str, Any] | None, native_path: str | Path | 
     exports = native.get("exports") or []
     sec["exports"] = [{k: e.get(k) for k in ("file", "format", "space", "how_to_load")}
                       for e in exports if isinstance(e, Mapping)]
+    sr = native.get("scalp_rules")
+    if isinstance(sr, Mapping):
+        sec["scalp_rules"] = scalp_rules_summary(sr)
     return sec
+
+
+def scalp_rules_summary(sr: Mapping[str, Any]) -> dict[str, Any]:
+    """The report's view of the native JSON's ``scalp_rules`` (tolerant of missing keys)."""
+    rules = []
+    for m, r in (sr.get("rules") or {}).items():
+        if not isinstance(r, Mapping):
+            continue
+        rules.append({"method": m, "label": r.get("label") or m, "status": r.get("status"),
+                      **{k: r.get(k) for k in (
+                          "scalp_t1w_mm", "cortical_t1w_mm", "cortical_mni_mm",
+                          "scalp_to_cortex_mm", "r", "distance_to_connectivity_target_mm",
+                          "in_left_dlpfc_search_region")}})
+    figs = ((sr.get("files") or {}).get("figures") or {})
+    return {"measurements": sr.get("measurements") or {}, "rules": rules,
+            "landmarks": sr.get("landmarks") or {}, "warnings": list(sr.get("warnings") or []),
+            "landmarks_source": sr.get("landmarks_source"),
+            "figures": {k: v for k, v in figs.items() if isinstance(v, Mapping)}}
+
+
+def png_file_base64(path: str | Path) -> str:
+    """A PNG file written by another step, base64-encoded for embedding, with its text chunks
+    (tEXt/zTXt/iTXt: software names, URLs) removed so the report carries no URL."""
+    import struct
+
+    data = Path(path).read_bytes()
+    sig = b"\x89PNG\r\n\x1a\n"
+    if not data.startswith(sig):
+        raise ValueError(f"{path} is not a PNG file")
+    out, i = [sig], len(sig)
+    while i + 8 <= len(data):
+        (n,) = struct.unpack(">I", data[i:i + 4])
+        kind = data[i + 4:i + 8]
+        chunk = data[i:i + 12 + n]
+        if kind not in (b"tEXt", b"zTXt", b"iTXt"):
+            out.append(chunk)
+        i += 12 + n
+        if kind == b"IEND":
+            break
+    return base64.b64encode(b"".join(out)).decode("ascii")
 
 
 def _xyz(v: Any) -> list[float] | None:
@@ -719,6 +762,10 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
             except Exception as exc:  # noqa: BLE001 - a broken T1w must not kill the report
                 native_sec["figure_error"] = f"T1w figure not drawn: {exc}"
 
+    for key, fig in ((native_sec.get("scalp_rules") or {}).get("figures") or {}).items():
+        f = fig.get("file")
+        if f and (root / f).is_file() and (root / f).stat().st_size > 100:
+            figs[f"native_{key}"] = png_file_base64(root / f)
     nw = native_sec.get("warnings") if native_sec["available"] else None
     warnings = _warnings(tj, qc, reliability, headers,
                          [str(w) for w in nw] if isinstance(nw, list) else [])

@@ -59,6 +59,11 @@ def get_report_inputs(wildcards):
     native = get_report_native_json(p)
     if native:
         files["native"] = native
+        if config["native"].get("scalp_rules", {}).get("enabled", True):
+            # the scalp-model and landmark QC figures the native step wrote (embedded)
+            base = native[: -len("_desc-target_coords.json")]
+            files["scalp_figures"] = [f"{base}_desc-scalpmodel_qc.png",
+                                      f"{base}_desc-landmarks_qc.png"]
     return files
 
 
