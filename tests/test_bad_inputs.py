@@ -187,7 +187,7 @@ STEP_CASES = {
     "confounds_nan_value": (set_conf_nan_value, ["missing or infinite", "global_signal"]),
     "confounds_missing_file": (set_conf_missing_file, ["confounds file does not exist"]),
     "mask_other_grid": (set_mask_other_grid, ["does not match the BOLD grid"]),
-    "mask_shifted": (set_mask_shifted, ["does not match the BOLD grid"]),
+    "mask_shifted": (set_mask_shifted, ["voxel-to-world affine differs", "not at the same places"]),
     "mask_empty": (set_mask_empty, ["brain mask is empty"]),
     "qform_not_sform": (set_qform_sform, ["qform and sform disagree"]),
     "truncated_gzip": (set_truncated, ["corrupt or truncated"]),
@@ -367,7 +367,8 @@ def test_workflow_seed_empty_after_resampling(one_subject, tmp_path):
     aff = np.diag([2.0, 2, 2, 1])
     aff[:3, 3] = 500  # far outside the head
     nb.save(nb.Nifti1Image(np.ones((4, 4, 4), np.uint8), aff), seed)
-    cfg.write_text(cfg.read_text() + f"seed:\n  kind: file\n  file: {seed}\n")
+    cfg.write_text(cfg.read_text() + f"seed:\n  kind: file\n  file: {seed}\n"
+                   "  space: MNI152NLin2009cAsym\n")
     out = tmp_path / "out"
     res = tmstarget(str(src), str(out), "participant", "--configfile", str(cfg))
     assert res.returncode != 0

@@ -115,19 +115,26 @@ def test_reorient_storage_keeps_world_positions():
             assert out[tuple(ijk2)] == data[ijk]
 
 
-def test_truth_inside_default_search_region():
+def test_truth_inside_default_search_region_in_grey_matter():
+    """Planted targets are where a real one could be: in the (grey-matter) search region."""
+    from tmstarget.greymatter import grey_matter_mask
+    from tmstarget.simulate import tissue_fractions
+
     mask, aff = bold_grid(4.0)
     region = default_search_region(mask, aff)
     dist = ndi.distance_transform_edt(region, sampling=4.0)
     xyz = voxel_centers_mm(mask.shape, aff)
+    gm_tpl, _ = grey_matter_mask(mask.shape, aff, threshold=0.5)
+    gm_colin = tissue_fractions(mask.shape, aff)[..., 0] >= 0.5
     targets = [np.array(s.target_mm) for s in DEFAULT_SUBJECTS]
     for t in targets:
         ijk = tuple(np.round(np.linalg.solve(aff, np.append(t, 1.0))[:3]).astype(int))
         np.testing.assert_allclose(xyz[ijk], t)  # a 4 mm voxel centre
-        assert region[ijk] and dist[ijk] >= 12.0
+        assert region[ijk] and dist[ijk] >= 8.0
+        assert gm_tpl[ijk] and gm_colin[ijk], t
     for i, a in enumerate(targets):
         for b in targets[i + 1:]:
-            assert np.linalg.norm(a - b) >= 10.0
+            assert np.linalg.norm(a - b) >= 14.0
 
 
 # ----------------------------------------------------------------------------- dataset

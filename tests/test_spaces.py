@@ -103,9 +103,10 @@ def test_seed_sphere_and_file_in_their_published_space(tmp_path):
                            shape, aff)
     from tmstarget.regions import sphere_mask
 
-    np.testing.assert_array_equal(w > 0, sphere_mask(shape, aff, SGACC_CENTER_MM, 10))
+    exact = convert_points([PUBLISHED["sgACC"].xyz], NLIN6, NLIN2009C)[0]
+    np.testing.assert_array_equal(w > 0, sphere_mask(shape, aff, exact, 10))
     assert "MNI152NLin6Asym" in desc and "template correction" in desc
-    w2, _ = seed_weights({"kind": "sphere", "center_mm": list(SGACC_CENTER_MM),
+    w2, _ = seed_weights({"kind": "sphere", "center_mm": list(exact),
                           "radius_mm": 10, "space": NLIN2009C}, shape, aff)
     np.testing.assert_array_equal(w2, w)
     # a 6 mm ball drawn on FSL's 2 mm grid at the published coordinate lands at the converted one

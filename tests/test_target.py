@@ -137,7 +137,8 @@ def test_user_search_mask_outside_brain_names_the_file(tmp_path):
     f = tmp_path / "my_dlpfc_mask.nii.gz"
     nb.save(nb.Nifti1Image(outside.astype(np.uint8), RAS), f)
     with pytest.raises(InputError, match=r"my_dlpfc_mask\.nii\.gz.*outside the brain"):
-        load_search_region({"kind": "file", "file": str(f)}, brain, RAS)
+        load_search_region({"kind": "file", "file": str(f), "space": "MNI152NLin2009cAsym"},
+                           brain, RAS)
 
 
 def test_user_search_mask_empty_and_missing(tmp_path):

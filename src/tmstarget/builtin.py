@@ -527,7 +527,8 @@ def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem:
     roi &= edge  # the displacement field is defined on this same grid: stay inside it
     idx = np.argwhere(roi)
     mni_pts = nib.affines.apply_affine(mni_aff, idx)
-    t1_pts = load_point_transform(anat.to_mni).map(mni_pts)
+    # image resampling: points near the field's edge (outside the brain) are allowed
+    t1_pts = load_point_transform(anat.to_mni).map(mni_pts, edge_margin=False)
     ref_pts = nib.affines.apply_affine(coreg, t1_pts)
     inv_bold = np.linalg.inv(img.affine)
     order = int(settings["interpolation_order"])

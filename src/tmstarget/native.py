@@ -164,19 +164,23 @@ class PointTransform:
     sha256: str
     xfm: Any
 
-    def map(self, points: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    def map(self, points: np.ndarray | Sequence[Sequence[float]],
+            edge_margin: bool = True) -> np.ndarray:
         """Map points (N, 3) RAS mm through the file's fixed -> moving point map.
 
         Every component of a composite transform is applied in turn (as nitransforms does),
         and each displacement-field component must contain the point *as it reaches that
-        component* (nitransforms silently uses zero displacement outside a field).
+        component* (nitransforms silently uses zero displacement outside a field), at least
+        :data:`FIELD_EDGE_MARGIN_VOXELS` inside it unless ``edge_margin`` is false (for
+        resampling images, where a point near the field's edge is outside the head and a
+        fraction of a millimetre there does not matter; never for a target).
         """
         pts = np.atleast_2d(np.asarray(points, dtype=float))
         comps = getattr(self.xfm, "transforms", None)
         if comps:
             out = pts
             for i, comp in enumerate(comps):
-                self._check_field_of_view(comp, out, i, len(comps))
+                self._check_field_of_view(comp, out, i, len(comps), edge_margin)
                 out = np.asarray(comp.map(out), dtype=float).reshape(-1, 3)
         else:
             out = np.asarray(self.xfm.map(pts), dtype=float).reshape(-1, 3)
@@ -185,7 +189,8 @@ class PointTransform:
                              "Check the transform file (re-run fMRIPrep's anatomical workflow).")
         return out
 
-    def _check_field_of_view(self, comp: Any, pts: np.ndarray, i: int, n: int) -> None:
+    def _check_field_of_view(self, comp: Any, pts: np.ndarray, i: int, n: int,
+                             edge_margin: bool = True) -> None:
         """Refuse points outside a displacement field's grid (nitransforms would use 0 there)."""
         ref = getattr(comp, "reference", None)
         if ref is None or getattr(ref, "affine", None) is None or ref.shape is None:
@@ -199,7 +204,7 @@ class PointTransform:
                              "is defined.", "Check that the target is in the head and that this "
                              "is the subject's fMRIPrep transform.")
         m = FIELD_EDGE_MARGIN_VOXELS
-        if np.any(ijk < m) or np.any(ijk > shape - 1 - m):
+        if edge_margin and (np.any(ijk < m) or np.any(ijk > shape - 1 - m)):
             raise InputError(self.path, f"a point to map lies within {m} grid spacings of the "
                              f"edge of the transform's displacement field ({which}), where the "
                              "interpolation of the field is not accurate (README, 'Known "

@@ -182,7 +182,8 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
     rmap = np.asarray(rimg.dataobj, dtype=np.float64)
     brain = np.asarray(nb.load(mask_path).dataobj) > 0
     search = search_in_data_space(cfg)
-    region, region_desc = load_search_region(search, brain, rimg.affine, data_space(cfg))
+    region, region_desc = load_search_region(search, brain, rimg.affine,
+                                             data_space=data_space(cfg))
     t = cfg["target"]
     targets = find_targets(rmap, region, rimg.affine, methods=t["methods"],
                            cluster_percent=float(t["cluster_percent"]),

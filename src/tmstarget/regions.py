@@ -66,18 +66,19 @@ PUBLISHED: dict[str, PublishedCoordinate] = {
 PUBLISHED_SITES: dict[str, PublishedCoordinate] = {
     k: PUBLISHED[k] for k in ("BA9", "BA46", "5cm", "F3")}
 
-#: sgACC seed centre (Fox et al. 2012), converted to MNI152NLin2009cAsym RAS+ mm.
-SGACC_CENTER_MM: tuple[float, float, float] = (6.0, 16.0, -10.0)
+#: sgACC seed centre (Fox et al. 2012), converted to MNI152NLin2009cAsym RAS+ mm (1.2 mm from
+#: the published value).
+SGACC_CENTER_MM: tuple[float, float, float] = (5.31, 16.11, -10.94)
 #: sgACC seed radius in mm (Fox et al. 2012).
 SGACC_RADIUS_MM: float = 10.0
 
 #: Standard left-DLPFC stimulation sites (average sites used by Fox 2012 and Cash 2021),
-#: converted to MNI152NLin2009cAsym RAS+ mm.
+#: converted to MNI152NLin2009cAsym RAS+ mm (3.2-3.7 mm from the published values).
 REFERENCE_TARGETS_MM: dict[str, tuple[float, float, float]] = {
-    "BA9": (-36.0, 39.0, 43.0),
-    "BA46": (-44.0, 40.0, 29.0),
-    "5cm": (-41.0, 16.0, 54.0),
-    "F3": (-37.0, 26.0, 49.0),
+    "BA9": (-39.65, 39.45, 42.67),
+    "BA46": (-46.94, 39.27, 28.12),
+    "5cm": (-43.75, 14.44, 55.57),
+    "F3": (-40.08, 25.04, 50.38),
 }
 #: Radius of each sphere in the default left-DLPFC search region, mm.
 SEARCH_SPHERE_RADIUS_MM: float = 20.0

@@ -182,15 +182,18 @@ class SignalParams:
     spike_drop: float = 0.02
 
 
-#: The sample dataset's participants (targets are 4 mm voxel centres of the default grid,
-#: >= 12 mm inside the default search region, >= 14 mm apart).
+#: The sample dataset's participants. Targets are 4 mm voxel centres of the default grid, in
+#: grey matter both in Colin27 (the simulated anatomy) and in the template grey-matter map the
+#: pipeline's search is restricted to (partial-volume fraction >= 0.5 in each), >= 8 mm inside
+#: the default search region (grey matter lies near the brain surface), >= 14 mm apart. (The
+#: targets of sample versions before 2026-12-02 lay in template white matter.)
 DEFAULT_SUBJECTS: tuple[SubjectSpec, ...] = (
-    SubjectSpec("01", (-39.5, 36.5, 22.5), rotation_deg=(8.0, -6.0, 10.0),
+    SubjectSpec("01", (-43.5, 32.5, 26.5), rotation_deg=(8.0, -6.0, 10.0),
                 translation_mm=(12.0, -20.0, 25.0)),
-    SubjectSpec("02", (-39.5, 12.5, 46.5), runs=(1, 2), bold_orientation="LAS",
+    SubjectSpec("02", (-43.5, 8.5, 50.5), runs=(1, 2), bold_orientation="LAS",
                 anat_orientation="LAS", rotation_deg=(-12.0, 9.0, -5.0),
                 translation_mm=(-25.0, 15.0, 18.0)),
-    SubjectSpec("03", (-31.5, 24.5, 42.5), sessions=("1", "2"), anat_orientation="LPS",
+    SubjectSpec("03", (-35.5, 24.5, 46.5), sessions=("1", "2"), anat_orientation="LPS",
                 rotation_deg=(6.0, 14.0, -9.0), translation_mm=(20.0, 28.0, -12.0)),
 )
 
@@ -726,7 +729,7 @@ def make_dataset(
     root: str | os.PathLike,
     subjects: Sequence[SubjectSpec] | None = None,
     voxel_size: float = 4.0,
-    n_volumes: int = 150,
+    n_volumes: int = 300,
     tr: float = 2.0,
     seed: int = 20241124,
     with_anat: bool = True,

@@ -154,13 +154,33 @@ def resample_to_grid(img: nb.Nifti1Image, from_space: str, to_space: str,
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     xyz = voxel_centers_mm(tuple(target_shape), target_affine).reshape(-1, 3)
+    valid = np.ones(len(xyz), bool)
     if from_space != to_space:
-        # points of to_space -> points of from_space: the map from to_space to from_space
-        xyz = convert_points(xyz, to_space, from_space)
+        # points of to_space -> points of from_space: the map from to_space to from_space.
+        # Only points well inside the shipped field (which covers the brain with a margin) are
+        # mapped; the rest of the grid (outside the brain) is set to 0.
+        valid = _inside_field(from_space=to_space, to_space=from_space, pts=xyz)
+        xyz = xyz.copy()
+        xyz[valid] = convert_points(xyz[valid], to_space, from_space)
     ijk = nb.affines.apply_affine(np.linalg.inv(img.affine), xyz).T
     order = 0 if interpolation == "nearest" else 1
     out = ndimage.map_coordinates(data, ijk, order=order, mode="constant", cval=0.0)
+    out[~valid] = 0.0
     return out.reshape(tuple(target_shape))
+
+
+def _inside_field(from_space: str, to_space: str, pts: np.ndarray) -> np.ndarray:
+    """Points that lie where the shipped field can map them (>= the edge margin inside)."""
+    from .native import FIELD_EDGE_MARGIN_VOXELS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        field = _point_map(from_space, to_space).xfm.transforms[0]
+    ref = field.reference
+    ijk = nb.affines.apply_affine(np.linalg.inv(ref.affine), pts)
+    m = FIELD_EDGE_MARGIN_VOXELS
+    hi = np.asarray(ref.shape[:3]) - 1 - m
+    return np.all((ijk >= m) & (ijk <= hi), axis=1)
 
 
 def provenance() -> dict[str, Any]:
