@@ -234,6 +234,10 @@ def storage_info(img: nib.Nifti1Image) -> dict[str, Any]:
     return info
 
 
+#: Grid (mm) the conformed affine's translation is snapped to (see :func:`conform`).
+CONFORM_TRANSLATION_GRID_MM = 1e-3
+
+
 def conform(img: nib.Nifti1Image, dtype: Any = np.float32) -> nib.Nifti1Image:
     """The image stored in RAS order (closest canonical), same world, scaled values as ``dtype``.
 
@@ -247,14 +251,19 @@ def conform(img: nib.Nifti1Image, dtype: Any = np.float32) -> nib.Nifti1Image:
     dependence moved the framewise displacement of single volumes by up to 0.5 mm, enough to
     censor 28 instead of 3 volumes (measured; README, "Real scanner data").
 
-    The affine is rounded to float32 (the precision of the NIfTI header), so a re-stored file
-    and the conformed original carry the same numbers. The values are read with the header's
+    The header stores its affine in float32, so two storages of one world carry translations
+    that differ in the last bit (~1e-5 mm), and ANTs' optimisers turn even that into motion
+    estimates ~0.005 mm apart (measured). The conformed affine is therefore snapped: its 3x3
+    part to float32 (flips and permutations change no bit there) and its translation to
+    :data:`CONFORM_TRANSLATION_GRID_MM` (0.001 mm, far below any anatomical meaning), so the
+    re-stored copies of a scan carry the same numbers. The values are read with the header's
     scaling (e.g. a Philips ``scl_slope``) applied.
     """
     ornt = nib.orientations.io_orientation(img.affine)
     data = nib.orientations.apply_orientation(np.asarray(img.dataobj, dtype=dtype), ornt)
     aff = img.affine @ nib.orientations.inv_ornt_aff(ornt, img.shape[:3])
-    aff = aff.astype(np.float32).astype(np.float64)
+    aff[:3, :3] = aff[:3, :3].astype(np.float32)
+    aff[:3, 3] = np.round(aff[:3, 3] / CONFORM_TRANSLATION_GRID_MM) * CONFORM_TRANSLATION_GRID_MM
     out = nib.Nifti1Image(np.ascontiguousarray(data), aff)
     out.header.set_xyzt_units("mm", "sec")
     return out

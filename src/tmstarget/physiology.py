@@ -26,7 +26,7 @@ import numpy as np
 
 from .regions import sphere_mask
 
-__all__ = ["DMN_ROI_RADIUS_MM", "DMN_ROIS", "default_mode_correlations"]
+__all__ = ["DMN_ROIS", "DMN_ROI_RADIUS_MM", "default_mode_correlations"]
 
 #: Radius of each default-mode ROI sphere, mm.
 DMN_ROI_RADIUS_MM = 6.0
