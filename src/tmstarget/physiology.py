@@ -48,16 +48,28 @@ DMN_ROIS: dict[str, dict[str, Any]] = {
 }
 
 
-def _value_at(rmap: np.ndarray, valid: np.ndarray, affine: np.ndarray,
+def _value_at(data: np.ndarray, valid: np.ndarray, affine: np.ndarray,
               xyz: Sequence[float]) -> dict[str, Any]:
-    """r of the voxel whose centre is nearest to ``xyz`` (None outside the map's brain)."""
-    ijk = np.round(np.linalg.solve(affine, np.r_[np.asarray(xyz, float), 1.0])[:3]).astype(int)
-    inside = bool(np.all(ijk >= 0) and np.all(ijk < np.asarray(rmap.shape[:3])))
-    if not inside or not valid[tuple(ijk)]:
-        return {"x": float(xyz[0]), "y": float(xyz[1]), "z": float(xyz[2]), "r": None,
-                "note": "outside the seed map's brain mask"}
-    return {"x": float(xyz[0]), "y": float(xyz[1]), "z": float(xyz[2]),
-            "r": round(float(rmap[tuple(ijk)]), 4)}
+    """r of the nearest in-map voxel centre; None when it is more than one voxel away.
+
+    The same rule as the reference-site r of :func:`tmstarget.reproducibility.reference_sites`.
+    """
+    c = np.asarray(xyz, dtype=float)
+    out: dict[str, Any] = {"x": float(c[0]), "y": float(c[1]), "z": float(c[2]), "r": None}
+    ijk = np.argwhere(valid)
+    if ijk.size == 0:
+        out["note"] = "empty seed map"
+        return out
+    pts = nb.affines.apply_affine(affine, ijk)
+    d = np.linalg.norm(pts - c, axis=1)
+    i = int(np.argmin(d))
+    vox = float(np.max(np.sqrt((affine[:3, :3] ** 2).sum(axis=0))))
+    if d[i] > vox:
+        out["note"] = "outside the seed map (no in-brain voxel within one voxel)"
+        return out
+    out["r"] = round(float(data[tuple(ijk[i])]), 4)
+    out["voxel_distance_mm"] = round(float(d[i]), 2)
+    return out
 
 
 def default_mode_correlations(rmap_img: nb.Nifti1Image,
