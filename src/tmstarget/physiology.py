@@ -13,7 +13,9 @@ network by Andrews-Hanna et al. (2010) Neuron 65:550-562 (doi:10.1016/j.neuron.2
 reported there in MNI space. They are used as given on the MNI152NLin2009cAsym grid (no
 template-to-template conversion is applied; ``published_space`` records the space as
 published, so a converter can be applied later); the MNI template flavours differ by a few mm
-around the midline, less than the 6 mm sphere radius.
+around the midline, less than the 6 mm sphere radius. The two centres, (-8, -56, 26) and
+(-6, 52, -2), are the values widely quoted from that paper; they were not re-read from its
+table when this module was written, so check them against it before citing them.
 """
 
 from __future__ import annotations
