@@ -28,7 +28,7 @@ from tmstarget.builtin import (
     motion_parameters,
     settings_from_config,
 )
-from tmstarget.errors import ConfigError
+from tmstarget.errors import ConfigError, InputError
 from tmstarget.preproc import resolve_method
 from tmstarget.simulate_raw import motion_matrices
 
@@ -283,3 +283,77 @@ def test_functions_swapped_by_the_benchmark_diagnostics_still_exist():
             for name in names:
                 assert callable(getattr(module, name, None)), f"{module.__name__}.{name} is gone"
                 assert f".{name}" in script, f"{script_name} no longer uses {name}"
+
+
+# --------------------------------------------------------------------------- storage order
+def _restore(img: nib.Nifti1Image, codes: str) -> nib.Nifti1Image:
+    """The same image stored in another voxel order (plain numpy flips/transposes)."""
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine),
+                                           nib.orientations.axcodes2ornt(tuple(codes)))
+    data = nib.orientations.apply_orientation(np.asarray(img.dataobj), ornt)
+    aff = img.affine @ nib.orientations.inv_ornt_aff(ornt, img.shape[:3])
+    return nib.Nifti1Image(data, aff)
+
+
+def test_conform_gives_one_storage_for_every_storage_order(target_rng):
+    """Any storage of the same world (RAS, LAS, LPS, a flipped slice axis, permuted axes; and
+    oblique) conforms to the same array and affine, and every voxel keeps its world position
+    and value. Without conforming the arrays differ (the guard against a no-op)."""
+    from tmstarget.builtin import conform, storage_info
+
+    base = np.diag([3.0, 3.0, 3.3, 1.0])
+    base[:3, 3] = (-100.0, -110.0, -50.0)
+    for oblique in (False, True):
+        aff = storage_affine("oblique", base, (20, 22, 12)) if oblique else base
+        ref = nib.Nifti1Image(target_rng.normal(size=(20, 22, 12, 3)).astype(np.float32), aff)
+        ref_c = conform(ref)
+        assert "".join(nib.aff2axcodes(ref_c.affine)) == "RAS"
+        for codes in ("LAS", "LPS", "LAI", "ASR", "PIL"):
+            other = _restore(ref, codes)
+            assert not np.array_equal(np.asarray(other.dataobj), np.asarray(ref.dataobj))
+            c = conform(other)
+            np.testing.assert_allclose(c.affine, ref_c.affine, atol=1e-4)
+            assert np.array_equal(np.asarray(c.dataobj), np.asarray(ref_c.dataobj)), codes
+            # a voxel's world position and value survive
+            ijk = np.array([3, 5, 7])
+            world = nib.affines.apply_affine(other.affine, ijk)
+            back = np.round(nib.affines.apply_affine(np.linalg.inv(c.affine), world)).astype(int)
+            assert np.allclose(np.asarray(c.dataobj)[tuple(back)],
+                               np.asarray(other.dataobj)[tuple(ijk)])
+        info = storage_info(_restore(ref, "LPS"))
+        assert info["orientation"] == "LPS"
+        assert (info["oblique_deg"] > 5) == oblique
+
+
+def test_conform_applies_the_vendor_scaling(tmp_path):
+    """int16 storage with a scale slope (as Philips data): the conformed values are scaled."""
+    from tmstarget.builtin import conform
+
+    raw = np.arange(2 * 3 * 4 * 10, dtype=np.int16).reshape(2, 3, 4, 10)
+    img = nib.Nifti1Image(raw, np.diag([-3.0, 3.0, 3.3, 1.0]))
+    img.header.set_data_dtype(np.int16)
+    img.header.set_slope_inter(75.5, 0.0)
+    nib.save(img, tmp_path / "b.nii.gz")
+    loaded = nib.load(tmp_path / "b.nii.gz")
+    c = np.asarray(conform(loaded).dataobj)
+    assert c.dtype == np.float32
+    assert np.isclose(c.max(), 75.5 * raw.max())
+
+
+def test_tr_from_sidecar_refused_when_the_header_disagrees(tmp_path):
+    """The real participant's trap: dcm2niix wrote 1.79 s, the true TR is 2.0 s."""
+    from tmstarget.builtin import check_tr, header_tr
+
+    bold = tmp_path / "sub-01_task-x_bold.nii.gz"
+    assert check_tr(bold, 2.0, 2.0) == 2.0
+    assert check_tr(bold, 2.0, None) == 2.0
+    assert check_tr(bold, None, 2.5) == 2.5
+    with pytest.raises(InputError, match=r"RepetitionTime 2 s disagrees with the NIfTI header") as e:
+        check_tr(bold, 2.0, 1.79355)
+    assert "sub-01_task-x_bold.json" in str(e.value)
+    with pytest.raises(InputError, match="no RepetitionTime"):
+        check_tr(bold, None, None)
+    img = nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4))
+    img.header.set_zooms((1, 1, 1, 2000.0))
+    img.header.set_xyzt_units("mm", "msec")
+    assert header_tr(img) == pytest.approx(2.0)

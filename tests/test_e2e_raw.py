@@ -100,7 +100,7 @@ def test_targets_near_planted_truth(raw_run):
     """Cluster targets within 6 mm of the planted truth; classic targets within 10 mm.
 
     Measured (fox2012; the built-in stage is deterministic, two runs gave identical targets):
-    sub-01 classic 1.7 mm, cluster 1.5 mm; sub-02 classic 7.7 mm, cluster 4.7 mm. The issue's
+    sub-01 classic 1.7 mm, cluster 1.4 mm; sub-02 classic 7.7 mm, cluster 4.6 mm (inputs conformed to RAS; 1.5 and 4.7 mm before). The issue's
     "classic within 6 mm" is NOT met by the sample's sub-02. Over ten draws of the twin
     (``benchmarks/raw_target_realisations.py``: signal, noise and motion re-drawn; this sample is
     one of them) the built-in path puts classic within 6 mm in 18 of 20 participant-draws (worst

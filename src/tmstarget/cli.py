@@ -124,6 +124,34 @@ def load_config(configfiles: Sequence[str | Path]) -> dict[str, Any]:
     return cfg
 
 
+def _auto_task(src: Path, cfg: dict[str, Any], configfiles: Sequence[str]) -> str | None:
+    """Use the only task of a raw dataset that has no rest run (``cfg['task']`` is updated).
+
+    Only when no ``--configfile`` sets ``task``; returns the loud line to print, or None.
+    """
+    from .preproc import auto_task
+
+    user_set = any("task" in (load_config_file(f) or {}) for f in configfiles)
+    found = auto_task(src, str(cfg.get("task", "rest")), user_set)
+    if found is None:
+        return None
+    was = cfg.get("task", "rest")
+    cfg["task"] = found
+    return (f"[tmstarget] NOTE: {src} has no task-{was} BOLD run; its BOLD runs are all "
+            f"task-{found}, so tmstarget uses those. THIS IS TASK fMRI, NOT REST: connectivity "
+            "is computed on it as on a resting run (see the README, 'Task scans as a source "
+            "of connectivity'). To choose the task yourself, set `task:` in a --configfile.")
+
+
+def load_config_file(path: str | Path) -> dict[str, Any] | None:
+    """One YAML config file as a mapping (None when it cannot be read)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def raw_bids_stage(src: Path, out: Path, cfg: dict[str, Any]) -> tuple[str, Path]:
     """Check that a raw BIDS input can be preprocessed; what will be done and where.
 
@@ -221,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         src, out = check_paths(args.fmriprep_dir, args.output_dir)
         cfg = load_config(args.configfile)
+        task_line = _auto_task(src, cfg, args.configfile)
         try:
             kind = detect_input(src, str(cfg.get("task", "rest")))
         except TmsTargetError:
@@ -232,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tmstarget ERROR: {exc}", file=sys.stderr)
         return 2
     overrides = {"fmriprep_dir": str(src), "output_dir": str(out)}
+    if task_line is not None:  # the only task of a raw dataset without rest runs
+        overrides["task"] = str(cfg["task"])
+        print(task_line, file=sys.stderr, flush=True)
     if stage1_line is not None:  # raw BIDS: stage 2 reads stage 1's fMRIPrep output
         overrides["bids_dir"] = str(src)
         overrides["fmriprep_dir"] = str(stage1_dir)

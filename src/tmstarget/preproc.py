@@ -138,6 +138,35 @@ def detect_input(path: str | os.PathLike[str], task: str = "rest") -> str:
                      "(set `task` in the config if your resting runs use another label).")
 
 
+def raw_bids_tasks(path: str | os.PathLike[str]) -> list[str]:
+    """Task labels of the raw BOLD runs (``sub-*/[ses-*/]func/*_task-<label>_*bold.nii*``)."""
+    tasks = set()
+    for folder in _sub_dirs(Path(path).expanduser()):
+        for bold in (folder / "func").glob("*bold.nii*"):
+            if "desc-preproc" in bold.name:
+                continue
+            for part in bold.name.split("_"):
+                if part.startswith("task-"):
+                    tasks.add(part[5:])
+    return sorted(tasks)
+
+
+def auto_task(path: str | os.PathLike[str], task: str, task_was_set: bool) -> str | None:
+    """The task to use instead of ``task`` when a raw dataset has no run of it, or None.
+
+    Only when the user did not set ``task`` (the default ``rest`` is in force), the dataset
+    has no ``task-rest`` run and its BOLD runs are all of **one** other task: that task is
+    returned (the caller must say so loudly: it is task fMRI, not rest). Anything else returns
+    None, and input detection then explains what is missing.
+    """
+    if task_was_set:
+        return None
+    tasks = raw_bids_tasks(path)
+    if task in tasks or len(tasks) != 1:
+        return None
+    return tasks[0]
+
+
 def raw_bids_participants(bids_dir: str | os.PathLike[str], task: str = "rest",
                           participant_label: Iterable[str] | None = None,
                           exclude: Iterable[str] | None = None,

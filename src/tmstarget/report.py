@@ -30,6 +30,7 @@ import numpy as np
 
 from . import CONVENTION, MNI_SPACE, __version__
 from .io import sha256sum, write_json, write_text
+from .regions import REFERENCE_TARGETS_MM
 
 #: Research-use statement printed at the top of every report (from SAFETY.md).
 RESEARCH_USE = ("Research use only. tmstarget is research software, not a medical device; it has "
@@ -158,6 +159,50 @@ def input_is_simulated(fmriprep_dir: str | Path | None) -> tuple[bool, str]:
     return ("simulated" in text or "synthetic" in text), str(d.get("Name", ""))
 
 
+def data_origin(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Real or simulated input, and how that is known.
+
+    The sample datasets shipped with tmstarget say in their ``dataset_description.json``
+    (``Name``/``GeneratedBy``) that they are simulated; the built-in preprocessing repeats the
+    raw dataset's name, and for raw input the raw dataset (``bids_dir``) is read too.
+    **Anything that does not say it is simulated is treated as REAL DATA.**
+
+    Returns
+    -------
+    dict
+        ``simulated`` (bool), ``label`` (``SIMULATED`` or ``REAL DATA``), ``dataset_name``
+        and ``how_known``.
+    """
+    simulated, name = input_is_simulated(cfg.get("fmriprep_dir"))
+    if cfg.get("bids_dir"):
+        raw_sim, raw_name = input_is_simulated(cfg.get("bids_dir"))
+        simulated = simulated or raw_sim
+        name = raw_name or name
+    how = ("the input's dataset_description.json says its data are simulated" if simulated
+           else "the input's dataset_description.json does not say its data are simulated, so "
+                "they are treated as real scanner data")
+    return {"simulated": bool(simulated), "label": "SIMULATED" if simulated else "REAL DATA",
+            "dataset_name": name, "how_known": how}
+
+
+def real_data_caveat(task: str | None, retained_minutes: float, n_runs: int) -> str:
+    """The REAL DATA banner's text: what data the target rests on, and what that is worth."""
+    task = str(task or "rest")
+    is_rest = task.lower() in ("rest", "resting", "restingstate")
+    kind = "resting-state" if is_rest else f"TASK fMRI ('{task}', not rest)"
+    text = (f"REAL DATA: computed from real scanner data: {n_runs} {kind} run(s), "
+            f"{retained_minutes:.1f} min retained after censoring.")
+    if not is_rest or retained_minutes < 2 * MIN_RETAINED_MINUTES:
+        text += (" That is far too little data for a clinical target: an individual sgACC "
+                 "anticorrelation map from a few minutes"
+                 + ("" if is_rest else " of task data") + " is dominated by noise; check "
+                 "the reproducibility section (split-half distance, bootstrap radius) and "
+                 "acquire more resting-state data before using a target on a person.")
+    else:
+        text += " Check the QC images and the reproducibility section before using a target."
+    return text
+
+
 def preprocessing_section(fmriprep_dir: str | Path | None, participant_id: str,
                           session_id: str | None) -> dict[str, Any]:
     """Which preprocessing produced the inputs, and the built-in path's QC for this unit.
@@ -198,6 +243,9 @@ def preprocessing_section(fmriprep_dir: str | Path | None, participant_id: str,
     norm = sub / "figures" / f"{participant_id}_space-{MNI_SPACE}_desc-normalization_T1w.png"
     if norm.is_file():
         out["figures"]["normalization"] = base64.b64encode(norm.read_bytes()).decode("ascii")
+    bmask = sub / "figures" / f"{participant_id}_desc-brain_mask_T1w.png"
+    if bmask.is_file():
+        out["figures"]["brainmask"] = base64.b64encode(bmask.read_bytes()).decode("ascii")
     func = (sub / session_id if session_id else sub) / "func"
     for i, qc_file in enumerate(sorted(func.glob("*_desc-builtin_qc.json"))):
         stem = qc_file.name[: -len("_desc-builtin_qc.json")]
@@ -467,6 +515,20 @@ def _warnings(tj: Mapping[str, Any], qc: Mapping[str, Any], reliability: Sequenc
     return out
 
 
+def _default_mode(rimg: nb.Nifti1Image, targets: Mapping[str, Mapping[str, Any]],
+                  refs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """:func:`tmstarget.physiology.default_mode_correlations` for the report (None on error)."""
+    from .physiology import default_mode_correlations
+
+    try:
+        return default_mode_correlations(
+            rimg, {m: (t["x"], t["y"], t["z"]) for m, t in targets.items()},
+            {n: (s["x"], s["y"], s["z"]) for n, s in refs.items()}
+            or {n: tuple(v) for n, v in REFERENCE_TARGETS_MM.items()})
+    except Exception as exc:  # noqa: BLE001 - a descriptive section must not kill the report
+        return {"error": f"not computed: {exc}"}
+
+
 def _read_reliability(targets_tsv: str | Path | None, pid: str, sid: str | None) -> list[dict]:
     if not targets_tsv or not Path(targets_tsv).is_file():
         return []
@@ -641,7 +703,8 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
     pid, sid = tj["participant_id"], tj.get("session_id")
     reliability = _read_reliability(targets_tsv, pid, sid)
     rel_by_method = {r["method"]: r for r in reliability}
-    simulated, input_name = input_is_simulated(cfg.get("fmriprep_dir"))
+    origin = data_origin(cfg)
+    simulated, input_name = origin["simulated"], origin["dataset_name"]
     preproc = preprocessing_section(cfg.get("fmriprep_dir"), pid, sid)
 
     rimg = nb.load(rmap_path)
@@ -796,6 +859,10 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
         "native": native_sec,
         "preprocessing": {k: v for k, v in preproc.items() if k != "figures"},
         "figures": sorted(figs),
+        "data_origin": origin,
+        "real_data_caveat": None if simulated else real_data_caveat(
+            cfg.get("task"), dq["retained_minutes"], len(runs)),
+        "default_mode": _default_mode(rimg, targets, refs),
     }
     env = _env()
     html = env.get_template("subject_report.html.j2").render(
@@ -842,8 +909,10 @@ def cohort_report_step(report_jsons: Sequence[str | Path], output_root: str | Pa
     simulated = False
     builtin_limits = None
     units = []
+    unit_data = []
     for i, (pj, ph) in enumerate(zip(report_jsons, htmls, strict=True)):
         d = json.loads(Path(pj).read_text(encoding="utf-8"))
+        unit_data.append(d)
         simulated = simulated or bool(d.get("simulated"))
         pre = d.get("preprocessing") or {}
         if pre.get("method") == "builtin":
@@ -897,6 +966,7 @@ def cohort_report_step(report_jsons: Sequence[str | Path], output_root: str | Pa
             "software_version": __version__, "research_use": RESEARCH_USE,
             "orientation": ORIENTATION, "simulated": simulated, "space": MNI_SPACE,
             "builtin_preprocessing": builtin_limits,
+            "real_data": any(not d.get("simulated") for d in unit_data),
             "rows": rows, "units": units, "methods": methods,
             "within_mm": within, "between_mm": between,
             "summary": summary.get("methods") if summary else None,
