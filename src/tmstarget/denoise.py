@@ -383,7 +383,8 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
                 std_dvars_threshold: float | None = None, min_segment: int = 5,
                 chunk_volumes: int = CHUNK_VOLUMES, halves: bool = False,
                 gap_seconds: float = 0.0,
-                extra_regressors: tuple[np.ndarray, list[str]] | None = None) -> DenoisedRun:
+                extra_regressors: tuple[np.ndarray, list[str]] | None = None,
+                task_events: str | Path | None = None) -> DenoisedRun:
     """Denoise one preprocessed BOLD run inside its brain mask.
 
     Parameters
@@ -407,7 +408,11 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
     gap_seconds : float
         Time left out between the halves.
     extra_regressors : (array (volumes, k), names), optional
-        More regressors (e.g. a task design) cleaned and regressed with the confounds.
+        More regressors cleaned and regressed with the confounds.
+    task_events : path, optional
+        The run's BIDS ``events.tsv``: its task design (events convolved with SPM's HRF and its
+        derivative, :func:`tmstarget.task.task_design`) is regressed with the confounds, so
+        connectivity is computed on the task residuals ("background connectivity").
 
     Returns
     -------
@@ -454,6 +459,21 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
     cens = censoring(table, fd_threshold, std_dvars_threshold, min_segment)
     keep = cens.keep
     conf, names = select_regressors(table, meta, strategy, confounds, rows=keep)
+    task_qc: dict[str, Any] | None = None
+    if task_events is not None:
+        from .io import sha256sum
+        from .task import task_design
+
+        design = task_design(task_events, n_vols, tr)
+        task_qc = {"events_file": str(task_events), "sha256": sha256sum(task_events),
+                   "regressors": list(design.names), "conditions": list(design.conditions),
+                   "model": "events convolved with SPM's canonical HRF + temporal derivative "
+                            "(nilearn), regressed with the confounds"}
+        prev = extra_regressors
+        extra_regressors = (np.asarray(design.regressors, float), list(design.names))
+        if prev is not None:
+            extra_regressors = (np.column_stack([prev[0], extra_regressors[0]]),
+                                [*prev[1], *extra_regressors[1]])
     if extra_regressors is not None:
         xr, xnames = extra_regressors
         xr = np.asarray(xr, float)
@@ -599,6 +619,7 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
                      "confounds; confounds z-scored and regressed; censored volumes removed "
                      "(tmstarget.cleaning)"),
     }
+    qc["task_regression"] = task_qc
     if half_keep is not None:
         qc["halves"] = {"volumes": [int(len(h)) for h in half_keep],
                         "first_last": [[int(h[0]), int(h[-1])] for h in half_keep],

@@ -90,7 +90,14 @@ def denoise_step(run: Mapping[str, str], cfg: Mapping[str, Any], out_npz: str | 
     strategy = resolve_strategy(d["strategy"], {k: d.get(k) for k in
                                                 ("smoothing_fwhm", "high_pass", "low_pass")})
     rc = cfg.get("reproducibility") or {}
+    from .task import find_events_file, task_regression_enabled
+
+    events = find_events_file(cfg.get("bids_dir"), {
+        "subject": run["participant"], "session": run.get("session"), "task": run["task"],
+        "acquisition": run.get("acq"), "run": run.get("run")})
+    use_task = task_regression_enabled(d.get("task_regression"), run["task"], events)
     res = denoise_run(run["bold"], run["mask"], run["confounds"], run["bold_json"], strategy,
+                      task_events=events if use_task else None,
                       fd_threshold=float(d["fd_threshold"]),
                       std_dvars_threshold=d.get("std_dvars_threshold"),
                       min_segment=int(d["min_segment"]), halves=bool(rc.get("enabled")),
@@ -236,7 +243,8 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
                                              "n_retained", "retained_seconds", "fd_mean",
                                              "fd_max", "n_constant_voxels_dropped",
                                              "confound_columns", "n_censored_motion",
-                                             "n_censored_short_segment", "censored")}
+                                             "n_censored_short_segment", "censored",
+                                             "task_regression")}
                      | {"bold": q["inputs"][0]["path"]} for q in qc["runs"]],
         },
         "retained_volumes": qc["retained_volumes"],

@@ -737,7 +737,8 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
         runs.append({"bold": q.get("inputs", [{}])[0].get("path"),
                      **{k: q.get(k) for k in ("n_volumes", "n_non_steady_state", "n_censored",
                                               "n_retained", "retained_seconds", "fd_mean",
-                                              "fd_max", "fd_threshold", "confound_columns")}})
+                                              "fd_max", "fd_threshold", "confound_columns",
+                                              "task_regression")}})
     dq = {"retained_volumes": qc.get("retained_volumes"),
           "retained_minutes": float(qc.get("retained_seconds") or 0) / 60.0,
           "repetition_time": qc.get("repetition_time"),
