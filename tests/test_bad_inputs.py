@@ -343,11 +343,11 @@ def test_workflow_3d_bold_fails_clearly_without_partial_output(one_subject, tmp_
 
 def test_workflow_too_few_volumes_after_scrubbing(one_subject, tmp_path):
     src, cfg = one_subject
-    cfg.write_text(cfg.read_text() + "denoise:\n  min_volumes: 149\n")
+    cfg.write_text(cfg.read_text() + "denoise:\n  min_volumes: 299\n")
     out = tmp_path / "out"
     res = tmstarget(str(src), str(out), "participant", "--configfile", str(cfg))
     assert res.returncode != 0
-    assert "sub-01 has only 136 volumes left after scrubbing, fewer than the minimum of 149" \
+    assert "sub-01 has only 273 volumes left after scrubbing, fewer than the minimum of 299" \
         in res.stderr
     assert "sub-01_task-rest_space-MNI152NLin2009cAsym_desc-preproc_bold.nii.gz" in res.stderr
     assert outputs(out) == []

@@ -92,10 +92,12 @@ def denoise_step(run: Mapping[str, str], cfg: Mapping[str, Any], out_npz: str | 
     rc = cfg.get("reproducibility") or {}
     from .task import find_events_file, task_regression_enabled
 
-    events = find_events_file(cfg.get("bids_dir"), {
-        "subject": run["participant"], "session": run.get("session"), "task": run["task"],
-        "acquisition": run.get("acq"), "run": run.get("run")})
-    use_task = task_regression_enabled(d.get("task_regression"), run["task"], events)
+    events = None
+    if run.get("participant") and run.get("task"):
+        events = find_events_file(cfg.get("bids_dir"), {
+            "subject": run["participant"], "session": run.get("session"), "task": run["task"],
+            "acquisition": run.get("acq"), "run": run.get("run")})
+    use_task = task_regression_enabled(d.get("task_regression"), run.get("task"), events)
     res = denoise_run(run["bold"], run["mask"], run["confounds"], run["bold_json"], strategy,
                       task_events=events if use_task else None,
                       fd_threshold=float(d["fd_threshold"]),
