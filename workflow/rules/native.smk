@@ -19,6 +19,11 @@ def get_anat_files(wildcards):
     }
 
 
+for _ap, _a in PLAN.anat.items():
+    STAMPS.stamp("native", _ap, [_a.t1w, _a.mask, _a.xfm_mni_to_t1w_points,
+                                 _a.xfm_t1w_to_mni_points])
+
+
 def get_unit_target_json(wildcards):
     up = PLAN.anat_units[wildcards.anatprefix]
     return f"{OUT}/{up}_space-MNI152NLin2009cAsym_desc-target_coords.json"
@@ -28,12 +33,14 @@ rule native:
     input:
         unpack(get_anat_files),
         coords=get_unit_target_json,
+        stamp=stamp_input("native", "anatprefix"),
     output:
         coords=f"{OUT}/{{anatprefix}}_space-T1w_desc-target_coords.json",
         exports=[f"{OUT}/{{anatprefix}}_space-T1w_desc-target{_suffix}"
                  for _suffix in _NAV_FORMATS.values()],
     params:
         output_root=OUT,
+        cfg=rule_config("native", config),
     wildcard_constraints:
         anatprefix=_alternatives(PLAN.anat_units) or "(?!)",
     log:
