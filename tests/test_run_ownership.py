@@ -117,7 +117,7 @@ def test_signal_ends_every_job_and_says_how_to_resume(standin, sig):
     assert "Traceback" not in text, text
     assert lock_is_free(out)
     sleep.write_text("0")
-    res = subprocess.run(cmd(src, out, smk), cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run(cmd(src, out, smk), cwd=REPO, capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     assert (out / "done.txt").read_text() == "ok\n"
 
@@ -132,7 +132,7 @@ def test_sigkill_of_tmstarget_stops_the_jobs_and_an_immediate_rerun_resumes(stan
     proc.wait(timeout=10)
     sleep.write_text("0")
     # immediately: it never runs beside the stopping run (it waits for it), then resumes
-    res = subprocess.run(cmd(src, out, smk), cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run(cmd(src, out, smk), cwd=REPO, capture_output=True, text=True, check=False)
     assert not alive(job) and processes_with_token(token) == []
     assert res.returncode == 0, res.stderr
     assert (out / "done.txt").read_text() == "ok\n"
@@ -155,7 +155,7 @@ def test_orphaned_jobs_block_the_next_run_until_they_end(standin):
     assert wait_gone([proc.pid, runner, *kids]) and alive(job)
     locks = sorted(p.name for p in (out / ".snakemake" / "locks").iterdir())
     try:
-        res = subprocess.run(cmd(src, out, smk), cwd=REPO, capture_output=True, text=True,
+        res = subprocess.run(cmd(src, out, smk), cwd=REPO, capture_output=True, text=True, check=False,
                              timeout=120)
         assert res.returncode == 2
         err = [ln for ln in res.stderr.splitlines() if ln.startswith("tmstarget ERROR:")]
@@ -166,21 +166,21 @@ def test_orphaned_jobs_block_the_next_run_until_they_end(standin):
             os.kill(pid, signal.SIGKILL)
     assert wait_gone([job])
     sleep.write_text("0")
-    res = subprocess.run(cmd(src, out, smk), cwd=REPO, capture_output=True, text=True)
+    res = subprocess.run(cmd(src, out, smk), cwd=REPO, capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     assert "resuming" in res.stderr and (out / "done.txt").is_file()
 
 
 @needs_proc
 def test_second_run_refused_while_the_first_is_live_and_changes_nothing(standin):
-    src, out, smk, sleep = standin
+    src, out, smk, _sleep = standin
     proc = start(src, out, smk)
     try:
         wait_for_job(out)
         override = (out / "work" / "tmstarget_cli_config.yaml").read_text()
         locks = sorted(p.name for p in (out / ".snakemake" / "locks").iterdir())
         res = subprocess.run([*cmd(src, out, smk), "--participant-label", "99"], cwd=REPO,
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, check=False)
         assert res.returncode == 2
         assert "another tmstarget run is using this output folder" in res.stderr
         assert (out / "work" / "tmstarget_cli_config.yaml").read_text() == override
@@ -194,14 +194,14 @@ def test_second_run_refused_while_the_first_is_live_and_changes_nothing(standin)
 def test_snakemake_started_by_hand_in_the_folder_is_not_run_over(standin):
     """A live Snakemake without tmstarget (no token, no tmstarget lock): the command refuses
     instead of deleting its lock as stale."""
-    src, out, smk, sleep = standin
+    src, out, smk, _sleep = standin
     out.mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "snakemake", "-s", str(smk), "--cores", "1",
                              "--directory", str(out)], cwd=out, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_job(out)
-        res = subprocess.run(cmd(src, out, smk), cwd=REPO, capture_output=True, text=True,
+        res = subprocess.run(cmd(src, out, smk), cwd=REPO, capture_output=True, text=True, check=False,
                              timeout=60)
         assert res.returncode == 2 and "still running" in res.stderr, res.stderr
         assert any((out / ".snakemake" / "locks").iterdir())

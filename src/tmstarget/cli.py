@@ -24,11 +24,15 @@ import yaml
 from . import __version__
 from .errors import TmsTargetError
 from .plan import check_paths
-from .runlock import RESUME_HINT, Interrupted, RunLock, run_owned
 from .preproc import (
-    FMRIPREP_SUBDIR, FMRIPREP_WORK_SUBDIR, detect_input, fmriprep_command, resolve_method,
+    FMRIPREP_SUBDIR,
+    FMRIPREP_WORK_SUBDIR,
+    detect_input,
+    fmriprep_command,
+    resolve_method,
     stage1_output_subdir,
 )
+from .runlock import RESUME_HINT, Interrupted, RunLock, run_owned
 
 #: The repository (or source tree) holding the Snakefile.
 WORKFLOW_ROOT = Path(__file__).resolve().parents[2]
