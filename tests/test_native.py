@@ -85,7 +85,8 @@ def target_json(folder: Path, xyz=LEFT_DLPFC_MNI) -> Path:
 def run(tmp: Path, paths: dict[str, Path], tj: Path, **cfg) -> tuple[dict, Path]:
     out = tmp / "out" / "sub-01" / "anat" / "sub-01_task-rest_space-T1w_desc-target_coords.json"
     rec = native_step(tj, paths["t1w"], paths["mask"], paths["fwd"], paths["inv"],
-                      {"native": cfg}, out, output_root=tmp / "out")
+                      {"native": cfg}, out, output_root=tmp / "out",
+                      check_mirror=False)  # ellipsoid heads: no anatomy to tell a mirror by
     return rec, out
 
 

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ConfigError, InputError
+from .inputcheck import grid_mismatch
 from .io import atomic_write
 
 #: Volumes read per chunk when streaming a 4D file.
@@ -229,6 +230,10 @@ def _repetition_time(img: nb.Nifti1Image, bold: Path, bold_json: Path | None) ->
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(bold_json, f"the BOLD sidecar is not valid JSON ({exc}).",
                              "Repair or regenerate the JSON sidecar.") from exc
+        if not isinstance(meta, dict):
+            raise InputError(bold_json, f"the BOLD sidecar holds a JSON {type(meta).__name__}, "
+                             "not an object.", "Repair or regenerate the JSON sidecar: "
+                             "it must hold one JSON object, in curly braces.")
         tr_json = meta.get("RepetitionTime")
     if tr_json is None:
         raise InputError(bold_json or bold, "RepetitionTime is missing from the BOLD JSON "
@@ -586,8 +591,7 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
     mimg = _load_image(mask, "brain mask")
     maff = _check_affine(mimg, mask, "brain mask")
     if tuple(mimg.shape[:3]) != shape or not np.allclose(maff, aff, atol=1e-3):
-        raise InputError(mask, f"the brain mask's grid {tuple(mimg.shape)} does not match the "
-                         f"BOLD grid {shape} of {bold.name}.",
+        raise InputError(mask, grid_mismatch(tuple(mimg.shape), maff, shape, aff, bold.name),
                          "Use the brain mask fMRIPrep wrote for this run (same space and res).")
     try:
         bmask = np.asarray(mimg.dataobj).reshape(shape) > 0

@@ -145,7 +145,8 @@ def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(p, f"the {what} is not valid JSON ({exc}).",
-                         "Repair or regenerate it (a JSON object: {\"Key\": value, ...}).") from None
+                         "Repair or regenerate it: it must hold one JSON object, in curly "
+                         "braces.") from None
     except OSError as exc:
         raise InputError(p, f"the {what} cannot be read ({exc.strerror or exc}).",
                          "Copy it again.") from None
@@ -153,7 +154,8 @@ def read_json_object(path: str | os.PathLike[str], what: str) -> dict[str, Any]:
         kind = {list: "an array", str: "a string", int: "a number", float: "a number",
                 bool: "true/false", type(None): "null"}.get(type(data), type(data).__name__)
         raise InputError(p, f"the {what} is {kind}, not a JSON object.",
-                         "Repair or regenerate it (a JSON object: {\"Key\": value, ...}).")
+                         "Repair or regenerate it: it must hold one JSON object, in curly "
+                         "braces.")
     return data
 
 
@@ -180,6 +182,32 @@ def input_problem(path: str | os.PathLike[str], kind: str) -> str | None:
     except InputError as exc:
         return " ".join(str(exc).splitlines())
     return None
+
+
+def grid_mismatch(shape: tuple[int, ...], affine: Any, ref_shape: tuple[int, ...],
+                  ref_affine: Any, ref_name: str, what: str = "brain mask") -> str:
+    """Say how an image's grid differs from a reference grid: shape, or where the affines differ.
+
+    Examples
+    --------
+    A mask shifted by 0.1 mm has the same shape as the BOLD; the message then says that the
+    voxel-to-world affines differ, and by how much, rather than print two equal shapes.
+    """
+    import numpy as np
+
+    if tuple(shape[:3]) != tuple(ref_shape[:3]):
+        return (f"the {what}'s grid {tuple(shape[:3])} does not match the BOLD grid "
+                f"{tuple(ref_shape[:3])} of {ref_name}.")
+    a, b = np.asarray(affine, dtype=float), np.asarray(ref_affine, dtype=float)
+    shift = float(np.abs(a[:3, 3] - b[:3, 3]).max())
+    lin = float(np.abs(a[:3, :3] - b[:3, :3]).max())
+    parts = []
+    if shift > 0:
+        parts.append(f"origin {shift:.3g} mm apart")
+    if lin > 0:
+        parts.append(f"voxel axes differing by up to {lin:.3g} mm")
+    return (f"the {what}'s grid does not match the BOLD grid of {ref_name}: same shape "
+            f"{tuple(shape[:3])}, but the voxel-to-world affines differ ({', '.join(parts)}).")
 
 
 def tsv_cell(value: Any) -> Any:

@@ -119,9 +119,16 @@ def run_prefix(run: RunInputs) -> str:
 
 
 def check_paths(fmriprep_dir: str | Path, output_dir: str | Path) -> tuple[Path, Path]:
-    """Resolve the two folders; refuse an output folder inside (or equal to) the input."""
+    """Resolve the two folders; refuse an output folder inside (or equal to) the input, and
+    paths with ``{ } < >`` (Snakemake wildcards and path variables)."""
     src = Path(fmriprep_dir).expanduser().resolve()
     out = Path(output_dir).expanduser().resolve()
+    for what, p in (("output folder", out), ("input folder", src)):
+        bad = sorted(set("{}<>") & set(str(p)))
+        if bad:
+            raise ConfigError(p, f"the {what} path contains {' '.join(bad)}, which Snakemake "
+                              "reads as a placeholder in file names.", "Choose (or rename it "
+                              "to) a path without { } < > characters.")
     if out == src or src in out.parents:
         raise ConfigError(out, f"the output folder is inside the input dataset {src}; tmstarget "
                           "never writes into its input.", "Choose an output folder outside "
