@@ -203,8 +203,12 @@ def single(tmp_path_factory):
 
 
 def _variant(root: Path, name: str, extra: str) -> Path:
+    """The base settings (no reproducibility) with ``extra`` (YAML) merged in, per section."""
+    cfg = {"reproducibility": {"enabled": False}}
+    for k, v in (yaml.safe_load(extra) or {}).items():
+        cfg[k] = {**cfg.get(k, {}), **v} if isinstance(v, dict) else v
     p = root / f"{name}.yaml"
-    p.write_text("reproducibility:\n  enabled: false\n" + extra)
+    p.write_text(yaml.safe_dump(cfg))
     return p
 
 
@@ -589,3 +593,29 @@ def test_planning_never_opens_image_data(monkeypatch, tmp_path):
     trunc = tmp_path / "t.nii.gz"
     trunc.write_bytes(bold.read_bytes()[:100])
     assert "decompressed" in input_problem(trunc, "nifti")
+
+
+def test_workflow_planning_reads_headers_only(tmp_path):
+    """The whole of Snakemake's planning (memory and run-time requests included) with
+    nibabel's loader sabotaged: it must never be called, and the requests still come from the
+    header (runtime 11 min for the sample's 49x58x49x150 run; 10 if the header were unread)."""
+    src = new_dataset(tmp_path / "fmriprep")
+    clone(src, "01")
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import nibabel, nibabel.loadsave\n"
+        "def _no(*a, **k):\n"
+        "    raise RuntimeError('nibabel.load called while planning')\n"
+        "nibabel.load = nibabel.loadsave.load = _no\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"fmriprep_dir": str(src), "output_dir": str(tmp_path / "o")}))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO / "src")])}
+    res = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+                          "-n", "--cores", "1", "--configfile", str(cfg), "--directory",
+                          str(tmp_path)], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         check=False, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "called while planning" not in res.stdout + res.stderr
+    denoise = res.stdout.split("rule denoise_run:")[1].split("\n\n")[0]
+    assert "runtime=11" in denoise, denoise
