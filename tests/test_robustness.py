@@ -33,8 +33,15 @@ import yaml
 
 from tmstarget import io as tio
 from tmstarget.errors import InputError, TmsTargetError
-from tmstarget.provenance import (ALL, PLANNING_ONLY, REPORT_ONLY, RULE_CONFIG,
-                                  UndeclaredConfigKey, rule_config, strict_config)
+from tmstarget.provenance import (
+    ALL,
+    PLANNING_ONLY,
+    REPORT_ONLY,
+    RULE_CONFIG,
+    UndeclaredConfigKey,
+    rule_config,
+    strict_config,
+)
 from tmstarget.smk import run_step
 
 REPO = Path(__file__).resolve().parents[1]
@@ -113,7 +120,7 @@ def tmstarget(src: Path, out: Path, *args: str, preexec=None, umask: int | None 
 def job_counts(text: str) -> dict[str, int]:
     counts = {}
     for rule in RULES:
-        m = re.search(rf"^\s*{rule}\s+(\d+)\s*$", text, re.M)
+        m = re.search(rf"^\s*{rule}\s+(\d+)\s*$", text, re.MULTILINE)
         counts[rule] = int(m.group(1)) if m else 0
     return counts
 
@@ -168,7 +175,7 @@ def test_every_config_key_is_declared_for_a_rule_or_planning_or_report_only():
 def test_every_workflow_rule_is_in_the_map():
     names = set()
     for smk in [*(REPO / "workflow/rules").glob("*.smk"), REPO / "Snakefile"]:
-        names |= set(re.findall(r"^\s*rule (\w+):", smk.read_text(), re.M))
+        names |= set(re.findall(r"^\s*rule (\w+):", smk.read_text(), re.MULTILINE))
     assert names - {"all"} == set(RULE_CONFIG)
 
 
@@ -177,7 +184,7 @@ def test_a_step_cannot_read_an_undeclared_key():
     c = strict_config(rule_config("denoise_run", cfg), cfg, "denoise_run")
     assert c["denoise"]["strategy"] == "fox2012"
     with pytest.raises(UndeclaredConfigKey, match="denoise.min_volumes"):
-        c["denoise"]["min_volumes"]  # noqa: B018 - shapes seed_map, not denoise_run
+        c["denoise"]["min_volumes"]  # shapes seed_map, not denoise_run
     with pytest.raises(UndeclaredConfigKey, match="denoise.min_volumes"):
         c["denoise"].get("min_volumes", 100)  # a default does not hide it
     with pytest.raises(UndeclaredConfigKey):
@@ -303,7 +310,7 @@ def test_an_input_replaced_by_an_older_file_is_recomputed(single):
 
 @pytest.mark.e2e
 def test_changed_setting_is_followed_even_without_snakemake_metadata(single):
-    root, src, out, base = single
+    root, src, out, _base = single
     shutil.rmtree(out / ".snakemake" / "metadata", ignore_errors=True)
     cfg = _variant(root, "fd", "denoise:\n  fd_threshold: 0.4\n")
     res = tmstarget(src, out, "--configfile", str(cfg), "-n")
@@ -312,7 +319,7 @@ def test_changed_setting_is_followed_even_without_snakemake_metadata(single):
 
 @pytest.mark.e2e
 def test_outputs_honour_the_umask(single):
-    root, src, out, base = single
+    _root, _src, out, _base = single
     modes = {str(p.relative_to(out)): p.stat().st_mode & 0o777 for p in out.rglob("*")
              if p.is_file() and p.relative_to(out).parts[0] != ".snakemake"}
     assert modes and {m for m in modes.values()} == {0o644}, {
@@ -514,7 +521,7 @@ def test_step_sidecar_json_array_is_one_line(tmp_path, capsys):
 
 
 def test_step_invalid_confounds_json_names_the_json(tmp_path, capsys):
-    p, run = _make_run(tmp_path)
+    _p, run = _make_run(tmp_path)
     Path(run["confounds_json"]).write_text('{"a": ')
     line = _step_error(tmp_path, run, capsys)
     assert Path(run["confounds_json"]).name in line and "not valid JSON" in line
