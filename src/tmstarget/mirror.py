@@ -49,13 +49,14 @@ STEP_MM = 3.0
 SMOOTH_MM = 4.0
 #: Smallest accepted correlation between the asymmetry of the T1w (image minus its mirror, in
 #: MNI space) and the asymmetry of the template. It is positive for a correctly oriented brain,
-#: negative for a mirrored one (exactly the sign of ``direct - mirror``). Measured (issue 17
-#: report): see the values recorded in the README / SAFETY.md table.
+#: negative for a mirrored one (exactly the sign of ``direct - mirror``). Measured (SAFETY.md):
+#: correct T1ws +0.42 (sample), +0.71 to +0.84 (real heads and the raw sample through the
+#: built-in normalisation); mirrored -0.42 (sample) and -0.40 to -0.11 (a real head).
 MIN_ASYMMETRY_R = 0.15
 #: Smallest accepted direct correlation with the template: below it the T1w is not on the
 #: template through its transform at all (a header changed after fMRIPrep, a transform of
 #: another image), and the asymmetry comparison above means nothing. Correct T1ws measured
-#: 0.94-0.95; T1ws mirrored about a plane other than their midline 0.10-0.86.
+#: 0.94-0.99; T1ws mirrored about a plane other than their midline 0.10-0.86.
 MIN_DIRECT = 0.75
 #: Smallest accepted relative margin ``(direct - mirror) / direct`` of the normalised mutual
 #: information of the BOLD reference with its T1w (built-in path). Measured: correct runs
