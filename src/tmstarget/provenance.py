@@ -131,10 +131,14 @@ class _Strict(dict):
                  where: str = "") -> None:
         super().__init__()
         self._full, self._rule, self._where = full, rule, where
-        for k, v in data.items():
+        order = [k for k in full if k in data] if isinstance(full, Mapping) else []
+        for k in order + [k for k in data if k not in order]:  # the configuration's key order
+            v = data[k]
             f = full.get(k) if isinstance(full, Mapping) else None
-            if isinstance(v, Mapping) and isinstance(f, Mapping) and set(v) != set(f):
-                v = _Strict(v, f, rule, f"{where}{k}.")  # part of a section: strict inside
+            if isinstance(v, Mapping) and isinstance(f, Mapping):
+                # part of a section: strict inside; a whole section: as in the configuration
+                v = _Strict(v, f, rule, f"{where}{k}.") if set(v) != set(f) else {
+                    kk: v[kk] for kk in f}
             self[k] = v
 
     def _refuse(self, key: Any) -> None:
@@ -177,7 +181,7 @@ def strict_config(values: Mapping[str, Any], full: Mapping[str, Any], rule: str)
         declared raises :class:`UndeclaredConfigKey` (also through ``.get`` with a default).
     """
     if ALL in RULE_CONFIG.get(rule, ()):
-        return dict(values)
+        return dict(full)  # in the configuration's own key order (tmstarget_config.yaml)
     return _Strict(values, full, rule)
 
 
