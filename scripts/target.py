@@ -5,10 +5,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "src"))  # noqa: F821
 
 from tmstarget.pipeline import target_step  # noqa: E402
+from tmstarget.provenance import strict_config  # noqa: E402
 from tmstarget.smk import run_step  # noqa: E402
 
 sm = snakemake  # noqa: F821
 run_step(sm, target_step, map_path=sm.input.rmap, mask_path=sm.input.mask, qc_path=sm.input.qc,
          participant=sm.params.unit["participant"], session=sm.params.unit["session"],
-         cfg=sm.config, out_json=sm.output.coords, out_region=sm.output.region,
-         output_root=sm.params.output_root)
+         cfg=strict_config(sm.params.cfg, sm.config, "target"), out_json=sm.output.coords,
+         out_region=sm.output.region, output_root=sm.params.output_root)

@@ -36,6 +36,23 @@ def target_rng() -> np.random.Generator:
 SAMPLE = REPO / "data_sample"
 
 
+def tiny_file(path: Path) -> Path:
+    """A minimal *valid* stand-in for a file the planner only inspects: a NIfTI header (a tiny
+    2x2x2[x12] image), a JSON object, or an empty file. Planning reads image headers and JSON
+    sidecars, so zero-byte images are (rightly) reported as unusable."""
+    import nibabel as nb
+
+    name = path.name
+    if name.endswith((".nii", ".nii.gz")):
+        shape = (2, 2, 2, 12) if "_bold" in name else (2, 2, 2)
+        nb.save(nb.Nifti1Image(np.zeros(shape, np.uint8), np.diag([2.0, 2, 2, 1])), path)
+    elif name.endswith(".json"):
+        path.write_text('{"RepetitionTime": 2.0}' if "_bold" in name else "{}")
+    else:
+        path.touch()
+    return path
+
+
 def copy_sample_participant(dest: Path, participant: str = "sub-01") -> Path:
     """A one-participant fMRIPrep tree copied from ``data_sample/`` (the original stays untouched)."""
     import shutil

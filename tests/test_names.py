@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from conftest import tiny_file
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,7 +47,7 @@ def test_hostile_folder_names_are_reported_not_dropped(tmp_path):
               "sub-01_task-rest_space-MNI152NLin2009cAsym_desc-brain_mask.nii.gz",
               "sub-01_task-rest_desc-confounds_timeseries.tsv",
               "sub-01_task-rest_desc-confounds_timeseries.json"):
-        (good / f).touch()
+        tiny_file(good / f)
     for bad in ("sub-0 2", "sub-$(touch pwned)", "sub-a;b", "sub-ü"):
         (root / bad / "func").mkdir(parents=True)
     runs, skipped = discover(root)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import tiny_file
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +25,7 @@ FILES = (
 
 def make_tree(root: Path, layout: dict[str, dict[str | None, list[str | None]]],
               skip: tuple[str, ...] = ()) -> Path:
-    """Zero-byte fMRIPrep-like tree: {sub: {ses or None: [run or None, ...]}}."""
+    """Minimal fMRIPrep-like tree (headers only): {sub: {ses or None: [run or None, ...]}}."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(json.dumps(
         {"Name": "dry", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
@@ -39,7 +40,7 @@ def make_tree(root: Path, layout: dict[str, dict[str | None, list[str | None]]],
                 for f in FILES:
                     name = f.format(p=p)
                     if not any(s in name for s in skip):
-                        (d / name).touch()
+                        tiny_file(d / name)
     return root
 
 
@@ -164,7 +165,7 @@ def test_dry_run_native_step_per_unit_with_anatomy(tmp_path):
         d = src / f"sub-{sub}" / "anat"
         d.mkdir(parents=True)
         for f in ANAT:
-            (d / f.format(p=f"sub-{sub}")).touch()
+            tiny_file(d / f.format(p=f"sub-{sub}"))
     res = dry_run(src, tmp_path / "out")
     assert res.returncode == 0, res.stderr
     counts = job_counts(res.stdout)

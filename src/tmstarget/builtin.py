@@ -534,6 +534,16 @@ def _coregister(ref_img: nib.Nifti1Image, anat: AnatResult, work: Path) -> np.nd
     return _ras_from_ants(ants.read_transform(reg["fwdtransforms"][0]))
 
 
+def _mirror_check(ref_img: nib.Nifti1Image, coreg: np.ndarray, anat: AnatResult,
+                  bold_path: Path) -> dict[str, Any]:
+    """Refuse a BOLD run whose reference is left-right mirrored against the T1w
+    (:func:`tmstarget.mirror.check_boldref_not_mirrored`); the scores go to the run's QC."""
+    from .mirror import check_boldref_not_mirrored
+
+    return check_boldref_not_mirrored(ref_img, coreg, anat.t1w, anat.brain_mask, anat.to_mni,
+                                      bold_path=bold_path)
+
+
 def _mni_grid() -> tuple[np.ndarray, np.ndarray]:
     img = nib.load(str(_data_file("tpl-MNI152NLin2009cAsym_res-02_desc-brain_mask.nii.gz")))
     return np.asarray(img.dataobj) > 0.5, img.affine
@@ -635,6 +645,7 @@ def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem:
     t0 = _begin("coregistration")
     coreg = _coregister(ref_img, anat, work)  # T1w point -> boldref point
     timings["coregistration_s"] = time.perf_counter() - t0
+    mirror_qc = _mirror_check(ref_img, coreg, anat, bold_path)
 
     # one interpolation: MNI voxel -> T1w -> boldref -> volume t
     t0 = _begin("resample")
@@ -738,6 +749,7 @@ def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem:
         "motion_centre_space": "BOLD image world (scanner), RAS+ mm",
         "input_storage": stored, "t1w_input_storage": anat.input_storage,
         "conformed_to": "RAS (axes permuted/flipped, no resampling; world unchanged)",
+        "boldref_mirror_check": mirror_qc,
     }
     return RunResult(n_dummy, motion, timings, files, qc)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,9 +25,14 @@ from . import __version__
 from .errors import TmsTargetError
 from .plan import check_paths
 from .preproc import (
-    FMRIPREP_SUBDIR, FMRIPREP_WORK_SUBDIR, detect_input, fmriprep_command, resolve_method,
+    FMRIPREP_SUBDIR,
+    FMRIPREP_WORK_SUBDIR,
+    detect_input,
+    fmriprep_command,
+    resolve_method,
     stage1_output_subdir,
 )
+from .runlock import RESUME_HINT, Interrupted, RunLock, run_owned
 
 #: The repository (or source tree) holding the Snakefile.
 WORKFLOW_ROOT = Path(__file__).resolve().parents[2]
@@ -205,35 +210,29 @@ def _check_writable(out: Path) -> None:
                              "permissions.") from None
 
 
-def _acquire_output_lock(out: Path) -> Any:
-    """Hold an exclusive lock on the output folder for the life of this process.
+def _acquire_output_lock(out: Path) -> RunLock | None:
+    """Take the output folder for this run (:class:`tmstarget.runlock.RunLock`).
 
-    The operating system releases it when the process ends in any way (even SIGKILL), so if we
-    get it, no other ``tmstarget`` run is working here and a Snakemake lock left in
-    ``.snakemake/locks`` by a killed run is stale: it is removed so that the same command
-    resumes. Returns the open lock file, or ``None`` if another run holds it.
+    Returns the held lock, or ``None`` after printing why the folder is busy (another run, or
+    jobs of an interrupted run that still live).
     """
-    import fcntl
-    import shutil
-
-    path = out / "work" / ".tmstarget.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fh = open(path, "w")  # noqa: SIM115 - kept open until the process exits
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        return None
-    locks = out / ".snakemake" / "locks"
-    if locks.is_dir() and any(locks.iterdir()):
-        print("[tmstarget] an earlier run was interrupted; resuming where it stopped",
-              file=sys.stderr, flush=True)
-        shutil.rmtree(locks, ignore_errors=True)
-    return fh
+    lock = RunLock(out)
+    if lock.acquire():
+        return lock
+    print(f"tmstarget ERROR: {lock.message}", file=sys.stderr)
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``tmstarget`` command."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # Ctrl-C before Snakemake started: nothing was run
+        print(f"\n[tmstarget] interrupted: {RESUME_HINT}", file=sys.stderr, flush=True)
+        return 130
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
@@ -274,26 +273,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["participant_label"] = [str(x) for x in args.participant_label]
     if args.exclude_label:
         overrides["exclude_participants"] = [str(x) for x in args.exclude_label]
+    # the folder is this run's before anything in it changes (a refused second run must not
+    # rewrite the live run's override config, which its jobs read again)
+    lock = _acquire_output_lock(out)
+    if lock is None:
+        return 2
+    try:
+        return _run(args, extra, cmd, override, overrides, src, out, stage1_line,
+                    stage1_dir if stage1_line is not None else None, lock)
+    except Interrupted as exc:
+        name = signal.Signals(exc.signum).name
+        print(f"[tmstarget] interrupted ({name}); every job was stopped: {RESUME_HINT}",
+              file=sys.stderr, flush=True)
+        return 128 + exc.signum
+    finally:
+        lock.release()
+
+
+def _run(args: argparse.Namespace, extra: Sequence[str], cmd: list[str], override: Path,
+         overrides: dict[str, Any], src: Path, out: Path, stage1_line: str | None,
+         stage1_dir: Path | None, lock: RunLock) -> int:
+    """Write the override config and run the stage(s), owning the folder."""
     override.parent.mkdir(parents=True, exist_ok=True)
     override.write_text("# written by the tmstarget command for this output folder\n"
                         + yaml.safe_dump(overrides, sort_keys=True))
-    lock = _acquire_output_lock(out)
-    if lock is None:
-        print(f"tmstarget ERROR: {out}: another tmstarget run is using this output folder. "
-              "What to do: wait for it to finish, or choose another output folder.",
-              file=sys.stderr)
-        return 2
     print(f"[tmstarget] {__version__}: {src} -> {out}", file=sys.stderr, flush=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(WORKFLOW_ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])])
     if stage1_line is None:
-        return subprocess.call(cmd, env=env)
+        return run_owned(cmd, env, lock)
+    assert stage1_dir is not None
     # raw BIDS: stage 1 (fMRIPrep container, workflow/fmriprep.smk), then the main workflow
     print(stage1_line, file=sys.stderr, flush=True)
     stage1 = list(cmd)
     stage1[stage1.index("--snakefile") + 1] = str(WORKFLOW_ROOT / "workflow" / "fmriprep.smk")
-    rc1 = subprocess.call(stage1, env=env)
+    rc1 = run_owned(stage1, env, lock)
     if any(a in ("-n", "--dry-run", "--dryrun") for a in extra):
         print("[tmstarget] dry run: the targets stage is planned once preprocessing has run",
               file=sys.stderr, flush=True)
@@ -301,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rc1 != 0 and (args.stop_on_error or not stage1_dir.is_dir()):
         return rc1
     print(f"[tmstarget] stage 2: targets from {stage1_dir}", file=sys.stderr, flush=True)
-    rc2 = subprocess.call(cmd, env=env)
+    rc2 = run_owned(cmd, env, lock)
     return rc1 or rc2
 
 

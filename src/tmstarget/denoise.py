@@ -51,6 +51,7 @@ from .cleaning import (STRATEGIES, Strategy, censoring, cleaning_operator, fd_su
                        read_confounds, read_confounds_metadata, resolve_strategy,
                        select_regressors, split_keep, stack_operators)
 from .errors import InputError
+from .inputcheck import grid_mismatch
 from .io import atomic_write
 
 __all__ = ["STRATEGIES", "Strategy", "DenoisedRun", "denoise_run", "load_denoised",
@@ -143,6 +144,10 @@ def _repetition_time(img: nb.Nifti1Image, bold: Path, bold_json: Path | None) ->
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InputError(bold_json, f"the BOLD sidecar is not valid JSON ({exc}).",
                              "Repair or regenerate the JSON sidecar.") from exc
+        if not isinstance(meta, dict):
+            raise InputError(bold_json, f"the BOLD sidecar holds a JSON {type(meta).__name__}, "
+                             "not an object.", "Repair or regenerate the JSON sidecar: "
+                             "it must hold one JSON object, in curly braces.")
         tr_json = meta.get("RepetitionTime")
     if tr_json is None:
         raise InputError(bold_json or bold, "RepetitionTime is missing from the BOLD JSON "
@@ -435,17 +440,9 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path,
     shape = tuple(int(s) for s in img.shape[:3])
     mimg = _load_image(mask, "brain mask")
     maff = _check_affine(mimg, mask, "brain mask")
-    if tuple(mimg.shape[:3]) != shape:
-        raise InputError(mask, f"the brain mask's grid {tuple(mimg.shape[:3])} does not match "
-                         f"the BOLD grid {shape} of {bold.name}.",
+    if tuple(mimg.shape[:3]) != shape or not np.allclose(maff, aff, atol=1e-3):
+        raise InputError(mask, grid_mismatch(tuple(mimg.shape), maff, shape, aff, bold.name),
                          "Use the brain mask fMRIPrep wrote for this run (same space and res).")
-    if not np.allclose(maff, aff, atol=1e-3):
-        err = float(np.abs(maff - aff).max())
-        raise InputError(mask, f"the brain mask has the BOLD grid's shape {shape} but its "
-                         f"voxel-to-world affine differs from that of {bold.name} by up to "
-                         f"{err:.3g} (mm or mm per voxel): the voxels are not at the same "
-                         "places.", "Use the brain mask fMRIPrep wrote for this run (same "
-                         "space and res).")
     try:
         bmask = np.asarray(mimg.dataobj).reshape(shape) > 0
     except Exception as exc:

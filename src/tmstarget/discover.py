@@ -13,7 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .errors import ConfigError, InputError
+from .errors import InputError
+from .inputcheck import input_problem, read_json_object
 
 #: What pybids need not index: only ``func`` files are queried here (pybids' defaults plus
 #: fMRIPrep's anat/figures/log folders, reports and surfaces; :func:`discover` also leaves out
@@ -24,8 +25,13 @@ _INDEX_IGNORE = ["code", "stimuli", "sourcedata", "models", re.compile(r"/\."),
                  re.compile(r"/(figures|logs?|freesurfer|sourcedata)(/|$)"),
                  re.compile(r"\.(html|svg|gii|h5|txt|x5|mgz|lta)$")]
 
-#: Entities that identify one run (besides the space/res of the image files).
-_RUN_KEYS = ("subject", "session", "task", "acquisition", "run")
+#: Entities of an image file that are not part of a run's identity: which image of the run it
+#: is (template space, resolution, cohort, density, description). Every other entity (``acq``,
+#: ``ce``, ``rec``, ``dir``, ``run``, ``echo``, ``part``, ...) tells runs apart: ``dir-AP`` and
+#: ``dir-PA`` rest runs of one participant are two runs.
+_IMAGE_ENTITIES = frozenset({"space", "res", "cohort", "den", "desc"})
+#: Entities with their own field in :class:`RunInputs`.
+_NAMED_ENTITIES = ("sub", "ses", "task")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,10 @@ class RunInputs:
         are ``None`` when absent).
     bold, mask, confounds, confounds_json, bold_json : str
         Absolute paths.
+    entities : tuple of (str, str)
+        Every entity that identifies the run besides ``sub``, ``ses`` and ``task``, in file-name
+        order (e.g. ``(("dir", "AP"), ("run", "1"))``); ``acq`` and ``run`` are also repeated
+        in their own fields.
     """
 
     participant: str
@@ -51,6 +61,7 @@ class RunInputs:
     confounds: str
     confounds_json: str
     bold_json: str
+    entities: tuple[tuple[str, str], ...] = ()
 
     @property
     def unit(self) -> tuple[str, str | None]:
@@ -82,6 +93,22 @@ def normalise_labels(labels: Iterable[str] | None) -> list[str]:
         if lab:
             out.add(lab)
     return sorted(out)
+
+
+def _entities(path: str) -> list[tuple[str, str]]:
+    """``key-value`` pairs of a BIDS file name, in order (the suffix is left out)."""
+    stem = Path(path).name.split(".", 1)[0]
+    out = []
+    for part in stem.split("_")[:-1]:
+        key, sep, value = part.partition("-")
+        if sep:
+            out.append((key, value))
+    return out
+
+
+def run_key(path: str) -> tuple[tuple[str, str], ...]:
+    """What identifies a file's run: all its entities except the image ones (space, res, ...)."""
+    return tuple((k, v) for k, v in _entities(path) if k not in _IMAGE_ENTITIES)
 
 
 def _label(path: str, key: str) -> str | None:
@@ -139,6 +166,7 @@ def discover(
         raise InputError(root, "no dataset_description.json: this is not a BIDS derivatives "
                          "dataset.", "Point tmstarget at fMRIPrep's output folder (the one "
                          "with dataset_description.json and sub-* folders).")
+    read_json_object(root / "dataset_description.json", "dataset description")
     try:
         layout = BIDSLayout(
             root, validate=False, config=["bids", "derivatives"],
@@ -180,35 +208,38 @@ def discover(
     confs = files(datatype="func", suffix="timeseries", desc="confounds", extension=".tsv")
     confjs = files(datatype="func", suffix="timeseries", desc="confounds", extension=".json")
 
-    def key(path: str) -> tuple[str | None, ...]:
-        return (_label(path, "sub"), _label(path, "ses"), _label(path, "task"),
-                _label(path, "acq"), _label(path, "run"))
-
-    def imgkey(path: str) -> tuple[str | None, ...]:
-        return (*key(path), _label(path, "res"))
+    def imgkey(path: str) -> tuple:
+        return (run_key(path), _label(path, "res"))
 
     mask_by = {imgkey(p): p for p in masks}
-    conf_by = {key(p): p for p in confs}
-    confj_by = {key(p): p for p in confjs}
+    conf_by = {run_key(p): p for p in confs}
+    confj_by = {run_key(p): p for p in confjs}
 
-    by_run: dict[tuple[str | None, ...], list[str]] = {}
+    by_run: dict[tuple[tuple[str, str], ...], list[str]] = {}
     for b in bolds:
-        by_run.setdefault(key(b), []).append(b)
+        by_run.setdefault(run_key(b), []).append(b)
 
     runs: list[RunInputs] = []
     skipped: list[Skipped] = []
-    for k in sorted(by_run, key=lambda t: tuple("" if v is None else v for v in t)):
-        sub, ses, _task, acq, run = k
+    def order(k: tuple[tuple[str, str], ...]) -> tuple:
+        e = dict(k)  # as before: participant, session, task, acquisition, run, then the rest
+        return (*(e.get(n) or "" for n in ("sub", "ses", "task", "acq", "run")), k)
+
+    for k in sorted(by_run, key=order):
+        ents = dict(k)
+        sub, ses, acq, run = ents.get("sub"), ents.get("ses"), ents.get("acq"), ents.get("run")
         cands = by_run[k]
         if res is not None:
             cands = [c for c in cands if _label(c, "res") == str(res)]
             if not cands:
                 skipped.append(Skipped(sub or "", ses, run, f"no BOLD with res-{res}"))
                 continue
-        if len(cands) > 1:
-            raise ConfigError(cands[0], "fMRIPrep wrote this run at several resolutions ("
-                              + ", ".join(Path(c).name for c in cands) + ").",
-                              "Choose one with `res:` in the config (e.g. res: '2').")
+        if len(cands) > 1:  # this run only: the other runs and participants go on
+            skipped.append(Skipped(sub or "", ses, run, (
+                "fMRIPrep wrote this run at several resolutions ("
+                + ", ".join(Path(c).name for c in cands) + "); choose one with `res:` in the "
+                "config (e.g. res: '2')")))
+            continue
         bold = cands[0]
         problems = []
         mask = mask_by.get(imgkey(bold))
@@ -221,12 +252,22 @@ def discover(
         if confj is None:
             problems.append("confounds sidecar (…_desc-confounds_timeseries.json) missing")
         bjson = re.sub(r"\.nii(\.gz)?$", ".json", bold)
-        if not Path(bjson).is_file():
+        if not Path(bjson).is_file() and not Path(bjson).is_symlink():
             problems.append("BOLD sidecar JSON (RepetitionTime) missing")
         if problems:
             skipped.append(Skipped(sub or "", ses, run, f"{Path(bold).name}: " + "; ".join(problems)))
             continue
-        runs.append(RunInputs(sub or "", ses, task, acq, run, bold, mask, conf, confj, bjson))
+        assert mask is not None and conf is not None and confj is not None
+        # unreadable, dangling or undecodable: this run is skipped with the file and the reason
+        bad = [why for f, kind in ((bold, "nifti"), (mask, "nifti"), (conf, "file"),
+                                   (confj, "json"), (bjson, "json"))
+               if (why := input_problem(f, kind)) is not None]
+        if bad:
+            skipped.append(Skipped(sub or "", ses, run, bad[0]))
+            continue
+        extra = tuple((e, v) for e, v in k if e not in _NAMED_ENTITIES)
+        runs.append(RunInputs(sub or "", ses, task, acq, run, bold, mask, conf, confj, bjson,
+                              extra))
 
     # Folders pybids cannot index because their label is not a valid BIDS label
     # (spaces, quotes, ';', unicode, ...): report them, never drop them silently.
@@ -315,7 +356,7 @@ def discover_anat(fmriprep_dir: str | Path, participant: str, session: str | Non
             continue
         found: dict[str, str] = {}
         problems = []
-        names = sorted(p.name for p in folder.iterdir() if p.is_file())
+        names = sorted(p.name for p in folder.iterdir() if p.is_file() or p.is_symlink())
         for key, pattern in wanted.items():
             cands = [n for n in names if n.startswith(f"sub-{participant}_") and pattern in n
                      and n.endswith((".nii", ".nii.gz", ".h5")) and "_space-" not in n]
@@ -324,9 +365,15 @@ def discover_anat(fmriprep_dir: str | Path, participant: str, session: str | Non
             elif len(cands) > 1:
                 problems.append(f"several candidates for …{pattern} ({', '.join(cands)})")
             else:
-                found[key] = str((folder / cands[0]).resolve())
+                found[key] = str(folder / cands[0])
         if not problems:
-            return AnatInputs(**found), None
+            # unreadable, dangling or undecodable: named with the reason (MNI targets go on)
+            bad = [why for key, f in found.items()
+                   if (why := input_problem(f, "nifti" if f.endswith((".nii", ".nii.gz"))
+                                            else "file")) is not None]
+            if bad:
+                return None, f"native/T1w export skipped (MNI targets still computed): {bad[0]}"
+            return AnatInputs(**{k: str(Path(f).resolve()) for k, f in found.items()}), None
         if found:  # this folder holds the anatomy but incompletely: report it, no fallback
             break
     where = ", ".join(str(f.relative_to(root)) for f in folders)

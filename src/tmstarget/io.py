@@ -20,8 +20,10 @@ from typing import Any
 import nibabel as nb
 import numpy as np
 
-#: BIDS entity order used for every output name (the BIDS specification's order).
-ENTITY_ORDER: tuple[str, ...] = ("sub", "ses", "task", "acq", "run", "space", "res", "desc", "stat")
+#: BIDS entity order used for every output name (the BIDS specification's order; ``stat`` is
+#: tmstarget's own, after ``desc``).
+ENTITY_ORDER: tuple[str, ...] = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo",
+                                 "part", "space", "res", "desc", "stat")
 
 
 def sha256sum(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -57,12 +59,52 @@ def bids_name(entities: Mapping[str, str | None], suffix: str, extension: str) -
     return "_".join([*parts, suffix]) + extension
 
 
+def current_umask() -> int:
+    """The process umask (read from ``/proc`` where possible, which does not change it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)  # no /proc (macOS): set and restore
+    os.umask(old)
+    return old
+
+
+def default_file_mode() -> int:
+    """Mode a plain ``open(path, "w")`` would give a new file: ``0o666`` minus the umask.
+
+    :func:`tempfile.mkstemp` creates files readable by their owner only (0600); outputs are
+    given this mode instead, so a group or a navigator PC's share can read them (0644 under
+    the usual umask 022).
+    """
+    return 0o666 & ~current_umask()
+
+
+def mkstemp_beside(path: Path) -> tuple[int, str]:
+    """A temporary file in ``path``'s folder with the mode of a normally created file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, default_file_mode())
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return fd, tmp
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any]:
-    """Open a temporary file beside ``path``; rename it over ``path`` only on success."""
+    """Open a temporary file beside ``path``; rename it over ``path`` only on success.
+
+    The file gets the mode a normally created file would (umask honoured, 0644 under 022).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp_beside(path)
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh

@@ -54,6 +54,7 @@ from . import MNI_SPACE, __version__
 from . import navigation as nav
 from .errors import InputError
 from .io import sha256sum, write_json
+from .mirror import check_t1w_not_mirrored
 from .regions import REFERENCE_TARGETS_MM
 
 __all__ = [
@@ -764,7 +765,8 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
                 xfm_t1w_to_mni_points: str | os.PathLike[str] | None,
                 cfg: Mapping[str, Any], out_json: str | os.PathLike[str],
                 output_root: str | os.PathLike[str] | None = None,
-                rmap: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                rmap: str | os.PathLike[str] | None = None,
+                check_mirror: bool = True) -> dict[str, Any]:
     """Workflow step: native-space targets, coil pose and every navigator export.
 
     Writes ``out_json`` (``…_space-T1w_desc-target_coords.json``) and the export files
@@ -788,6 +790,10 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
 
     Scalp rules (``native.scalp_rules``, on by default) add ``scalp_rules`` to the JSON and
     their own files next to it (see :func:`tmstarget.scalp.scalp_rules_step`).
+    check_mirror : bool
+        Refuse a T1w that matches the template no better than its left-right mirror
+        (:func:`tmstarget.mirror.check_t1w_not_mirrored`; recorded as ``mirror_check``). Only
+        synthetic test heads, which have no anatomy to tell, turn it off.
 
     Returns
     -------
@@ -798,6 +804,8 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
     tj = json.loads(Path(target_json).read_text())
     nav.read_t1w_info(t1w)  # header refusals come first, before any segmentation
     model = build_head_model(t1w, brain_mask)
+    mirror = (check_t1w_not_mirrored(t1w, brain_mask, xfm_mni_to_t1w_points) if check_mirror
+              else None)
     record, pose = plan_native(tj, t1w, brain_mask, xfm_mni_to_t1w_points,
                                xfm_t1w_to_mni_points, ncfg, model=model)
     out_json = Path(out_json)
@@ -835,6 +843,7 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
     tj_path = Path(target_json).resolve()
     record["target_json"] = (str(tj_path.relative_to(root))
                              if root is not None and root in tj_path.parents else str(tj_path))
+    record["mirror_check"] = mirror
     write_json(out_json, record)
     t = record["targets"][record["primary_method"]]
     print(f"[tmstarget] {record['participant_id']}"

@@ -55,7 +55,6 @@ import json
 import math
 import os
 import re
-import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,7 +66,7 @@ import numpy as np
 
 from . import __version__
 from .errors import InputError
-from .io import sha256sum
+from .io import mkstemp_beside, sha256sum
 
 __all__ = [
     "BRAINSIGHT_INTENTS",
@@ -646,7 +645,7 @@ def _atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then ``os.replace`` it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = mkstemp_beside(path)  # umask honoured (0644 under 022), not mkstemp's 0600
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)

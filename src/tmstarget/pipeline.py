@@ -86,6 +86,10 @@ def denoise_step(run: Mapping[str, str], cfg: Mapping[str, Any], out_npz: str | 
     """Denoise one run and save it (``.npz``) with its QC and the inputs' SHA-256."""
     from .denoise import denoise_run, resolve_strategy, save_denoised
 
+    from .inputcheck import read_json_object
+
+    # an invalid confounds JSON is named as such (nilearn would blame the TSV)
+    read_json_object(run["confounds_json"], "confounds sidecar")
     d = cfg["denoise"]
     strategy = resolve_strategy(d["strategy"], {k: d.get(k) for k in
                                                 ("smoothing_fwhm", "high_pass", "low_pass")})

@@ -15,10 +15,15 @@ from typing import Any
 from . import MNI_SPACE
 from .discover import AnatInputs, RunInputs, Skipped, discover, discover_anat
 from .errors import ConfigError
-from .io import bids_name
+from .io import ENTITY_ORDER, bids_name
 
 #: Only these characters may appear in a BIDS label used in an output path.
 _SAFE_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+#: Labels longer than this are shortened in file and folder names (:func:`file_label`), so that
+#: every output name stays well under the 255-byte limit of common file systems.
+MAX_LABEL_CHARS = 32
+#: A work-file name longer than this has its run entities replaced by a digest.
+_MAX_RUN_NAME_CHARS = 160
 
 
 @dataclass(frozen=True)
@@ -57,10 +62,34 @@ def _check_label(label: str | None, what: str, path: str) -> None:
                           "valid BIDS label.")
 
 
+def file_label(label: str | None) -> str | None:
+    """The label as written in output file and folder names.
+
+    Labels of at most :data:`MAX_LABEL_CHARS` characters are kept as they are. A longer label
+    (a 185-character participant label made every output name longer than the file system
+    allows) becomes its first 20 characters and 12 hex digits of its SHA-256: still a valid BIDS
+    label, recognisable and unique. The full label is kept inside the files
+    (``participant_id``/``session_id`` in every JSON and TSV).
+    """
+    if label is None or len(label) <= MAX_LABEL_CHARS:
+        return label
+    import hashlib
+
+    return label[:20] + hashlib.sha256(label.encode("utf-8")).hexdigest()[:12]
+
+
+def unit_stem(participant: str, session: str | None) -> str:
+    """``sub-X/[ses-Y/]sub-X[_ses-Y]``: where a participant/session's reports go."""
+    sub, ses = file_label(participant), file_label(session)
+    d = f"sub-{sub}" + (f"/ses-{ses}" if ses else "")
+    return f"{d}/sub-{sub}" + (f"_ses-{ses}" if ses else "")
+
+
 def unit_prefix(participant: str, session: str | None, task: str) -> str:
     """Output prefix ``sub-X/[ses-Y/]func/sub-X[_ses-Y]_task-T`` for a participant/session."""
-    folder = f"sub-{participant}" + (f"/ses-{session}" if session else "")
-    name = bids_name({"sub": participant, "ses": session, "task": task}, "x", "")[:-2]
+    sub, ses = file_label(participant), file_label(session)
+    folder = f"sub-{sub}" + (f"/ses-{ses}" if ses else "")
+    name = bids_name({"sub": sub, "ses": ses, "task": file_label(task)}, "x", "")[:-2]
     return f"{folder}/func/{name}"
 
 
@@ -71,17 +100,35 @@ def anat_prefix(unit_prefix_: str) -> str:
 
 
 def run_prefix(run: RunInputs) -> str:
-    """Work-file prefix of one run (adds acq/run entities to the unit prefix)."""
-    folder = f"sub-{run.participant}" + (f"/ses-{run.session}" if run.session else "")
-    name = bids_name({"sub": run.participant, "ses": run.session, "task": run.task,
-                      "acq": run.acq, "run": run.run}, "x", "")[:-2]
-    return f"{folder}/func/{name}"
+    """Work-file prefix of one run: the unit prefix plus every entity that identifies the run.
+
+    ``acq``, ``dir``, ``run``, ... are written in BIDS order (unknown entities after them, in
+    file-name order), so ``dir-AP`` and ``dir-PA`` runs of one participant never share a work
+    file. A name that would be too long has its run entities replaced by ``acq-h<digest>``.
+    """
+    unit = unit_prefix(run.participant, run.session, run.task)
+    ents = list(run.entities) or [(k, v) for k, v in (("acq", run.acq), ("run", run.run)) if v]
+    known = [k for k in ENTITY_ORDER if k not in ("sub", "ses", "task")]
+    ents.sort(key=lambda kv: known.index(kv[0]) if kv[0] in known else len(known))
+    extra = "".join(f"_{k}-{file_label(v)}" for k, v in ents)
+    if len(unit.rsplit("/", 1)[1] + extra) > _MAX_RUN_NAME_CHARS:
+        import hashlib
+
+        extra = "_acq-h" + hashlib.sha256(extra.encode("utf-8")).hexdigest()[:16]
+    return unit + extra
 
 
 def check_paths(fmriprep_dir: str | Path, output_dir: str | Path) -> tuple[Path, Path]:
-    """Resolve the two folders; refuse an output folder inside (or equal to) the input."""
+    """Resolve the two folders; refuse an output folder inside (or equal to) the input, and
+    paths with ``{ } < >`` (Snakemake wildcards and path variables)."""
     src = Path(fmriprep_dir).expanduser().resolve()
     out = Path(output_dir).expanduser().resolve()
+    for what, p in (("output folder", out), ("input folder", src)):
+        bad = sorted(set("{}<>") & set(str(p)))
+        if bad:
+            raise ConfigError(p, f"the {what} path contains {' '.join(bad)}, which Snakemake "
+                              "reads as a placeholder in file names.", "Choose (or rename it "
+                              "to) a path without { } < > characters.")
     if out == src or src in out.parents:
         raise ConfigError(out, f"the output folder is inside the input dataset {src}; tmstarget "
                           "never writes into its input.", "Choose an output folder outside "
@@ -118,9 +165,13 @@ def build_plan(config: Mapping[str, Any]) -> Plan:
     plan = Plan(output_dir=out, fmriprep_dir=src, skipped=list(skipped))
     _check_label(config["task"], "task", "config: task")
     for r in runs:
-        for what, lab in (("participant", r.participant), ("session", r.session),
-                          ("acquisition", r.acq), ("run", r.run)):
-            _check_label(lab, what, r.bold)
+        try:
+            for what, lab in (("participant", r.participant), ("session", r.session),
+                              *((k, v) for k, v in r.entities)):
+                _check_label(lab, what, r.bold)
+        except ConfigError as exc:  # this run only: the others go on
+            plan.skipped.append(Skipped(r.participant, r.session, r.run, str(exc)))
+            continue
         rp = run_prefix(r)
         up = unit_prefix(r.participant, r.session, r.task)
         plan.runs[rp] = r

@@ -60,7 +60,9 @@ DPI = 72
 def _load_json(path: str | Path | None) -> dict | None:
     if not path or not Path(path).is_file():
         return None
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    from .inputcheck import read_json_object
+
+    return read_json_object(path, "JSON file")
 
 
 def _colour(method: str, i: int = 0) -> str:

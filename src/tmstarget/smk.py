@@ -34,40 +34,77 @@ def run_step(smk: Any, func: Callable[..., Any], **kwargs: Any) -> Any:
     their traceback in the log.
     """
     log_path = Path(str(smk.log[0])) if len(smk.log) else None
+    stream: Any = sys.stderr
     if log_path is not None:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-    stream = open(log_path, "w", encoding="utf-8") if log_path else sys.stderr  # noqa: SIM115
+        try:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            stream = open(log_path, "w", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:  # no log (disk full, permissions): the terminal still gets it all
+            print(f"tmstarget: cannot write the log {log_path} ({exc.strerror}); messages go to "
+                  "the terminal", file=sys.stderr, flush=True)
+            log_path = None
     logging.basicConfig(stream=stream, level=logging.INFO, force=True)
     logging.captureWarnings(True)
     try:
         with contextlib.redirect_stderr(stream):
             result = func(**kwargs)
     except TmsTargetError as exc:
-        msg = f"tmstarget ERROR: {exc}"
-        print(msg, file=stream, flush=True)
-        if stream is not sys.stderr:
-            print(msg, file=sys.stderr, flush=True)
-        sys.exit(1)
+        _fail(f"tmstarget ERROR: {_one_line(exc)}", stream, log_path)
+    except KeyboardInterrupt:  # Ctrl-C: the tmstarget command says how to resume, once
+        _write_log(stream, "tmstarget: interrupted", log_path)
+        _close(stream, log_path)
+        sys.exit(130)
     except OSError as exc:
         hint = _os_error_hint(exc)
         if hint is None:
             raise_unexpected(stream, log_path)
-        msg = f"tmstarget ERROR: {hint}"
-        print(msg, file=stream, flush=True)
-        if stream is not sys.stderr:
-            print(msg, file=sys.stderr, flush=True)
-        sys.exit(1)
+        _fail(f"tmstarget ERROR: {hint}", stream, log_path)
     except Exception:
-        tb = traceback.format_exc()
-        print(tb, file=stream, flush=True)
-        if stream is not sys.stderr:
-            print(f"tmstarget: unexpected error, see {log_path}\n{tb}", file=sys.stderr,
-                  flush=True)
-        sys.exit(1)
+        raise_unexpected(stream, log_path)
     finally:
-        if stream is not sys.stderr:
-            stream.close()
+        _close(stream, log_path)
     return result
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error message on one line (a file name with a newline cannot break it)."""
+    return " ".join(str(exc).splitlines())
+
+
+def _write_log(stream: Any, text: str, log_path: Path | None) -> bool:
+    """Write to the job's log; False (and never an exception) when that fails (disk full)."""
+    if log_path is None:
+        return False
+    try:
+        print(text, file=stream, flush=True)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _close(stream: Any, log_path: Path | None) -> None:
+    if stream is sys.stderr:
+        return
+    try:
+        stream.close()
+    except OSError:
+        pass
+
+
+def _fail(msg: str, stream: Any, log_path: Path | None) -> None:
+    """Print ``msg`` to the log and the terminal, then fail the job (exit status 1)."""
+    logged = _write_log(stream, msg, log_path)
+    if not logged and log_path is not None:
+        msg += f" (the log {log_path} could not be written: the disk may be full)"
+    _print_terminal(msg)
+    sys.exit(1)
+
+
+def _print_terminal(text: str) -> None:
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # pragma: no cover - no terminal left to tell
+        pass
 
 
 def _os_error_hint(exc: OSError) -> str | None:
@@ -86,7 +123,11 @@ def _os_error_hint(exc: OSError) -> str | None:
 def raise_unexpected(stream: Any, log_path: Path | None) -> None:
     """Report an unexpected error with its traceback and fail the job."""
     tb = traceback.format_exc()
-    print(tb, file=stream, flush=True)
-    if stream is not sys.stderr:
-        print(f"tmstarget: unexpected error, see {log_path}\n{tb}", file=sys.stderr, flush=True)
+    if stream is sys.stderr:
+        _print_terminal(tb)
+    elif _write_log(stream, tb, log_path):
+        _print_terminal(f"tmstarget: unexpected error, see {log_path}\n{tb}")
+    else:
+        _print_terminal(f"tmstarget: unexpected error (the log {log_path} could not be "
+                        f"written)\n{tb}")
     sys.exit(1)

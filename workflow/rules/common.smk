@@ -8,7 +8,9 @@ from snakemake.utils import validate
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
 from tmstarget.errors import TmsTargetError  # noqa: E402
+from tmstarget.inputcheck import image_shape, tsv_cell  # noqa: E402
 from tmstarget.plan import build_plan  # noqa: E402
+from tmstarget.provenance import Stamps, rule_config  # noqa: E402
 
 
 validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
@@ -30,7 +32,7 @@ for _s in PLAN.skipped:
     _where = f"sub-{_s.participant}" + (f" ses-{_s.session}" if _s.session else "") + (
         f" run-{_s.run}" if _s.run else ""
     )
-    print(f"[tmstarget] skipped {_where}: {_s.reason}", file=sys.stderr)
+    print(tsv_cell(f"[tmstarget] skipped {_where}: {_s.reason}"), file=sys.stderr)
 if not PLAN.units:
     _fail(
         f"no usable run found in {PLAN.fmriprep_dir} (task '{config['task']}', space "
@@ -100,12 +102,14 @@ def get_repro_jsons():
 
 
 def get_skipped():
+    """Rows of skipped.tsv (control characters escaped: a newline in a folder name stays inside
+    its cell)."""
     return [
         {
-            "participant_id": f"sub-{s.participant}",
-            "session_id": f"ses-{s.session}" if s.session else None,
-            "run": s.run,
-            "reason": s.reason,
+            "participant_id": tsv_cell(f"sub-{s.participant}"),
+            "session_id": tsv_cell(f"ses-{s.session}") if s.session else None,
+            "run": tsv_cell(s.run),
+            "reason": tsv_cell(s.reason),
         }
         for s in [*PLAN.skipped, *PLAN.native_skipped]
     ]
@@ -126,14 +130,14 @@ def get_native_jsons():
 
 
 def _bold_size(bold):
-    """(voxels per volume, volumes) of a BOLD file from its header (0, 0 if unreadable)."""
-    import nibabel as nb
+    """(voxels per volume, volumes) of a BOLD file from its header (0, 0 if unreadable).
 
-    try:
-        shape = nb.load(bold).shape
-        return int(shape[0] * shape[1] * shape[2]), int(shape[3] if len(shape) > 3 else 1)
-    except Exception:
+    Only the header bytes are read (tmstarget.inputcheck): planning never opens image data,
+    which could take the whole run down on one broken file."""
+    shape = image_shape(bold)
+    if not shape or len(shape) < 3:
         return 0, 0
+    return int(shape[0] * shape[1] * shape[2]), int(shape[3] if len(shape) > 3 else 1)
 
 
 def mem_for_bold(wildcards, attempt):
@@ -170,3 +174,57 @@ def mem_scaled(mb):
         return mb * attempt
 
     return _mem
+
+
+# ---------------------------------------------------------------------------- stamps
+# Every job reads its stamp (tmstarget.provenance): its configuration values, the tmstarget
+# version and the SHA-256 of its external inputs. A stamp is rewritten only when that changes,
+# which reruns exactly that job and what depends on it.
+_LOCKS = os.path.join(OUT, ".snakemake", "locks")
+STAMPS = Stamps(OUT, config, update=not (os.path.isdir(_LOCKS) and os.listdir(_LOCKS)))
+
+
+def _run_files(r):
+    return [r.bold, r.mask, r.confounds, r.confounds_json, r.bold_json]
+
+
+def _report_files(unit):
+    """External files a report reads: the input's dataset_description.json and, for the
+    built-in preprocessing, its QC JSONs and figures of this participant/session."""
+    root = str(PLAN.fmriprep_dir)
+    sub = os.path.join(root, f"sub-{unit.participant}")
+    func = os.path.join(sub, f"ses-{unit.session}", "func") if unit.session else os.path.join(
+        sub, "func")
+    files = [os.path.join(root, "dataset_description.json")]
+    for d, suffix in ((func, "_desc-builtin_qc.json"), (os.path.join(sub, "figures"), ".png")):
+        if os.path.isdir(d):
+            files += [os.path.join(d, n) for n in sorted(os.listdir(d)) if n.endswith(suffix)]
+    return [f for f in files if os.path.isfile(f)]
+
+
+for _rp, _r in PLAN.runs.items():
+    STAMPS.stamp("denoise_run", _rp, _run_files(_r))
+for _up, _u in PLAN.units.items():
+    STAMPS.stamp("seed_map", _up, get_user_files("seed"))
+    STAMPS.stamp("target", _up, get_user_files("search"))
+    if config["reproducibility"]["enabled"]:
+        STAMPS.stamp("reproducibility", _up, get_user_files("seed"))
+STAMPS.stamp("aggregate", "cohort")
+
+
+def stamp_input(rule, key):
+    """Input function: the stamp of a job (`key`: the name of its wildcard)."""
+
+    def _stamp(wildcards):
+        return STAMPS.path(rule, wildcards[key])
+
+    return _stamp
+
+
+def finish_stamps():
+    """After the last rule file has written its stamps (report.smk): keep the checksum cache;
+    say when changed settings wait for another run to finish."""
+    STAMPS.save()
+    if STAMPS.deferred:
+        print(f"[tmstarget] {len(STAMPS.deferred)} job(s) have changed settings or inputs, but "
+              "another run holds this folder: the next run reruns them", file=sys.stderr)

@@ -15,6 +15,8 @@ from tmstarget.preproc import FMRIPREP_SUBDIR, FMRIPREP_WORK_SUBDIR  # noqa: E40
 from tmstarget.preproc import BUILTIN_SUBDIR, BUILTIN_WORK_SUBDIR  # noqa: E402
 from tmstarget.preproc import raw_bids_participants, resolve_method  # noqa: E402
 from tmstarget.builtin import itk_threads  # noqa: E402
+from tmstarget.inputcheck import image_shape  # noqa: E402
+from tmstarget.provenance import Stamps, rule_config  # noqa: E402
 
 validate(config, os.path.join(_REPO, "workflow", "schemas", "config.schema.yaml"))
 
@@ -63,17 +65,13 @@ def _raw_bold_volumes(participant):
     """Total volumes x voxels of a participant's raw task BOLD runs (from the headers)."""
     import glob
 
-    import nibabel as nb
-
     total_vols = 0
     pattern = f"sub-{participant}*_task-{config['task']}_*bold.nii*"
     for f in glob.glob(os.path.join(BIDS_DIR, f"sub-{participant}", "**", pattern),
                        recursive=True):
-        try:
-            shape = nb.load(f).shape
+        shape = image_shape(f)  # the header only: planning never opens image data
+        if shape:
             total_vols = max(total_vols, int(shape[3]) if len(shape) > 3 else 1)
-        except Exception:
-            continue
     return total_vols
 
 
@@ -85,6 +83,22 @@ def builtin_inputs(wildcards):
     pats = ["anat/*_T1w.nii*", "ses-*/anat/*_T1w.nii*",
             f"func/*_task-{config['task']}_*bold.*", f"ses-*/func/*_task-{config['task']}_*bold.*"]
     return sorted(f for pat in pats for f in glob.glob(os.path.join(sub, pat)))
+
+
+# stamps (tmstarget.provenance): a changed setting or input content reruns the participant
+_LOCKS = os.path.join(STAGE1_OUT, ".snakemake", "locks")
+STAMPS = Stamps(STAGE1_OUT, config, update=not (os.path.isdir(_LOCKS) and os.listdir(_LOCKS)))
+for _p in FMRIPREP_PARTICIPANTS:
+    if METHOD == "builtin":
+        STAMPS.stamp("builtin_preproc", f"sub-{_p}",
+                     builtin_inputs(type("W", (), {"participant": _p})()))
+    else:
+        STAMPS.stamp("fmriprep", f"sub-{_p}", [config["preprocessing"]["fmriprep_image"]])
+STAMPS.save()
+
+
+def stamp_input(rule):
+    return lambda wc: STAMPS.path(rule, f"sub-{wc.participant}")
 
 
 #: preprocessing.builtin (its deterministic flag sets the rule's threads, via itk_threads)
@@ -120,6 +134,7 @@ if METHOD == "fmriprep":
     rule fmriprep:
         input:
             image=config["preprocessing"]["fmriprep_image"],
+            stamp=stamp_input("fmriprep"),
         output:
             done=f"{FMRIPREP_WORK}/sub-{{participant}}.done",
             subject=directory(f"{FMRIPREP_OUT}/sub-{{participant}}"),
@@ -127,6 +142,7 @@ if METHOD == "fmriprep":
             bids_dir=BIDS_DIR,
             output_dir=FMRIPREP_OUT,
             work_dir=lambda wc: f"{FMRIPREP_WORK}/sub-{wc.participant}",
+            cfg=rule_config("fmriprep", config),
         wildcard_constraints:
             participant="|".join(re.escape(p) for p in FMRIPREP_PARTICIPANTS),
         log:
@@ -144,12 +160,14 @@ if METHOD == "builtin":
     rule builtin_preproc:
         input:
             builtin_inputs,
+            stamp=stamp_input("builtin_preproc"),
         output:
             done=f"{BUILTIN_WORK}/sub-{{participant}}.done",
             subject=directory(f"{BUILTIN_OUT}/sub-{{participant}}"),
         params:
             bids_dir=BIDS_DIR,
             output_dir=BUILTIN_OUT,
+            cfg=rule_config("builtin_preproc", config),
         wildcard_constraints:
             participant="|".join(re.escape(p) for p in FMRIPREP_PARTICIPANTS),
         log:

@@ -40,6 +40,13 @@ def get_anat_files(wildcards):
     }
 
 
+_LANDMARKS_FILE = [_SCALP_CFG["landmarks_file"]] if _SCALP_CFG.get("landmarks_file") else []
+for _ap, _a in PLAN.anat.items():
+    STAMPS.stamp("native_hotspot" if _ap in _HOTSPOT_UNITS else "native", _ap,
+                 [_a.t1w, _a.mask, _a.xfm_mni_to_t1w_points, _a.xfm_t1w_to_mni_points,
+                  *_LANDMARKS_FILE])
+
+
 def get_unit_target_json(wildcards):
     up = PLAN.anat_units[wildcards.anatprefix]
     return f"{OUT}/{up}_space-MNI152NLin2009cAsym_desc-target_coords.json"
@@ -68,10 +75,12 @@ rule native:
         unpack(get_anat_files),
         coords=get_unit_target_json,
         rmap=get_unit_rmap,
+        stamp=stamp_input("native", "anatprefix"),
     output:
         **native_outputs(False),
     params:
         output_root=OUT,
+        cfg=rule_config("native", config),
     wildcard_constraints:
         anatprefix=_alternatives(_PLAIN_UNITS) or "(?!)",
     log:
@@ -91,10 +100,12 @@ rule native_hotspot:
         unpack(get_anat_files),
         coords=get_unit_target_json,
         rmap=get_unit_rmap,
+        stamp=stamp_input("native_hotspot", "anatprefix"),
     output:
         **native_outputs(True),
     params:
         output_root=OUT,
+        cfg=rule_config("native_hotspot", config),
     wildcard_constraints:
         anatprefix=_alternatives(_HOTSPOT_UNITS) or "(?!)",
     log:

@@ -9,13 +9,12 @@ localrules:
     cohort_report,
 
 
-def _report_stem(unit):
-    d = f"sub-{unit.participant}" + (f"/ses-{unit.session}" if unit.session else "")
-    return f"{d}/sub-{unit.participant}" + (f"_ses-{unit.session}" if unit.session else "")
-
+from tmstarget.plan import unit_stem as _unit_stem  # noqa: E402
 
 #: report path stem (sub-X/[ses-Y/]sub-X[_ses-Y]) -> unit prefix
-REPORT_UNITS = {_report_stem(u): p for p, u in PLAN.units.items()}
+REPORT_UNITS = {_unit_stem(u.participant, u.session): p for p, u in PLAN.units.items()}
+for _stem, _p in REPORT_UNITS.items():
+    STAMPS.stamp("report", _stem, _report_files(PLAN.units[_p]))
 
 
 def get_report_native_json(prefix):
@@ -70,12 +69,14 @@ def get_report_inputs(wildcards):
 rule report:
     input:
         unpack(get_report_inputs),
+        stamp=stamp_input("report", "reportstem"),
     output:
         html=f"{OUT}/{{reportstem}}_report.html",
         json=f"{OUT}/{{reportstem}}_report.json",
     params:
         output_root=OUT,
         native_note=get_report_native_note,
+        cfg=rule_config("report", config),
     wildcard_constraints:
         reportstem=_alternatives(REPORT_UNITS),
     log:
@@ -113,3 +114,6 @@ def get_report_outputs():
     return [f"{OUT}/{s}_report.html" for s in sorted(REPORT_UNITS)] + [
         f"{OUT}/cohort_report.html"
     ]
+
+
+finish_stamps()  # the last rule file: every stamp is written (workflow/rules/common.smk)

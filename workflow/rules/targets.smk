@@ -7,10 +7,12 @@ localrules:
 rule denoise_run:
     input:
         unpack(get_run_files),
+        stamp=stamp_input("denoise_run", "runprefix"),
     output:
         npz=f"{OUT}/work/{{runprefix}}_desc-denoised_timeseries.npz",
     params:
         run=get_run,
+        cfg=rule_config("denoise_run", config),
     log:
         f"{OUT}/logs/denoise_run/{{runprefix}}.log",
     group:
@@ -27,6 +29,7 @@ rule seed_map:
     input:
         runs=get_denoised_runs,
         user_seed=get_user_files("seed"),
+        stamp=stamp_input("seed_map", "prefix"),
     output:
         rmap=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-sgacc_stat-r_boldmap.nii.gz",
         sidecar=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-sgacc_stat-r_boldmap.json",
@@ -35,6 +38,7 @@ rule seed_map:
         qc=f"{OUT}/work/{{prefix}}_desc-seedmap_qc.json",
     params:
         unit=get_unit,
+        cfg=rule_config("seed_map", config),
     log:
         f"{OUT}/logs/seed_map/{{prefix}}.log",
     group:
@@ -53,12 +57,14 @@ rule target:
         mask=rules.seed_map.output.mask,
         qc=rules.seed_map.output.qc,
         user_search=get_user_files("search"),
+        stamp=stamp_input("target", "prefix"),
     output:
         coords=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-target_coords.json",
         region=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-searchregion_mask.nii.gz",
     params:
         unit=get_unit,
         output_root=OUT,
+        cfg=rule_config("target", config),
     log:
         f"{OUT}/logs/target/{{prefix}}.log",
     group:
@@ -79,9 +85,12 @@ rule reproducibility:
         mask=rules.seed_map.output.mask,
         region=rules.target.output.region,
         user_seed=get_user_files("seed"),
+        stamp=stamp_input("reproducibility", "prefix"),
     output:
         stats=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-reproducibility_stats.json",
         cloud=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-bootstrap_targets.tsv",
+    params:
+        cfg=rule_config("reproducibility", config),
     log:
         f"{OUT}/logs/reproducibility/{{prefix}}.log",
     group:
@@ -98,6 +107,7 @@ rule aggregate:
     input:
         targets=get_target_jsons(),
         repro=get_repro_jsons(),
+        stamp=STAMPS.path("aggregate", "cohort"),
     output:
         tsv=f"{OUT}/targets.tsv",
         skipped=f"{OUT}/skipped.tsv",
@@ -106,6 +116,7 @@ rule aggregate:
     params:
         skipped=get_skipped(),
         output_root=OUT,
+        cfg=rule_config("aggregate", config),
     log:
         f"{OUT}/logs/aggregate.log",
     threads: 1
