@@ -12,4 +12,5 @@ sm = snakemake  # noqa: F821
 run_step(sm, reproducibility_step, npz_paths=list(sm.input.runs), target_json=sm.input.coords,
          map_path=sm.input.rmap, mask_path=sm.input.mask, region_path=sm.input.region,
          cfg=strict_config(sm.params.cfg, sm.config, "reproducibility"),
-         out_json=sm.output.stats, out_cloud=sm.output.cloud)
+         out_json=sm.output.stats, out_cloud=sm.output.cloud,
+         group_map=(list(sm.input.group_map) or [None])[0])

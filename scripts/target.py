@@ -12,4 +12,7 @@ sm = snakemake  # noqa: F821
 run_step(sm, target_step, map_path=sm.input.rmap, mask_path=sm.input.mask, qc_path=sm.input.qc,
          participant=sm.params.unit["participant"], session=sm.params.unit["session"],
          cfg=strict_config(sm.params.cfg, sm.config, "target"), out_json=sm.output.coords,
-         out_region=sm.output.region, output_root=sm.params.output_root)
+         out_region=sm.output.region, output_root=sm.params.output_root,
+         npz_paths=list(sm.input.runs), group_map=(list(sm.input.group_map) or [None])[0],
+         out_seedmap=getattr(sm.output, "seedmap", None),
+         gm_probseg=(list(sm.input.gm_probseg) or [None])[0])

@@ -187,20 +187,33 @@ def seedmap_step(npz_paths: Sequence[str | Path], participant: str, session: str
 
 def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path,
                 participant: str, session: str | None, cfg: Mapping[str, Any],
-                out_json: str | Path, out_region: str | Path, output_root: str | Path) -> dict:
-    """Pick the targets on a seed map and write the target JSON and search-region mask."""
-    from .target import find_targets, load_search_region
+                out_json: str | Path, out_region: str | Path, output_root: str | Path,
+                npz_paths: Sequence[str | Path] = (), group_map: str | Path | None = None,
+                out_seedmap: str | Path | None = None,
+                gm_probseg: str | Path | None = None) -> dict:
+    """Pick the targets on a seed map and write the target JSON and search-region mask.
+
+    ``snt`` and ``seedmap`` (:mod:`tmstarget.datamethods`) also read the denoised runs
+    (``npz_paths``); ``seedmap`` writes its own correlation map (``out_seedmap``).
+    """
+    from .datamethods import DATA_METHODS
+    from .target import TargetFinder, load_search_region
 
     rimg = nb.load(map_path)
     rmap = np.asarray(rimg.dataobj, dtype=np.float64)
     brain = np.asarray(nb.load(mask_path).dataobj) > 0
     search = search_in_data_space(cfg)
     region, region_desc = load_search_region(search, brain, rimg.affine,
-                                             data_space=data_space(cfg))
+                                             gm_probseg=gm_probseg, data_space=data_space(cfg))
     t = cfg["target"]
-    targets = find_targets(rmap, region, rimg.affine, methods=t["methods"],
-                           cluster_percent=float(t["cluster_percent"]),
-                           weighted_n_voxels=int(t["weighted_n_voxels"]))
+    finder = TargetFinder(region, rimg.affine)
+    map_methods = [m for m in t["methods"] if m not in DATA_METHODS]
+    found = finder.find(rmap, methods=map_methods,
+                        cluster_percent=float(t["cluster_percent"]),
+                        weighted_n_voxels=int(t["weighted_n_voxels"])) if map_methods else {}
+    extra, extra_info = data_method_targets(npz_paths, cfg, region, finder, rmap, group_map,
+                                            out_seedmap, rimg.affine)
+    targets = {m: (found.get(m) or extra[m]) for m in t["methods"]}
     hdr = nb.Nifti1Header()
     hdr.set_xyzt_units("mm")
     reg_img = nb.Nifti1Image(region.astype(np.uint8), rimg.affine, hdr)
@@ -239,6 +252,7 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
         },
         "search_region": {"description": region_desc, "n_voxels": int(region.sum()),
                           "mask": rel(out_region), "config": search},
+        **({"data_methods": extra_info} if extra_info else {}),
         "seed": qc["seed"],
         "denoising": {
             "strategy": qc["strategy"],
@@ -265,6 +279,149 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
               f"({tg.x:.1f}, {tg.y:.1f}, {tg.z:.1f}) mm {MNI_SPACE}, r = {tg.r:.3f}"
               + (" (snapped)" if tg.snapped else ""), flush=True)
     return out
+
+
+def data_method_targets(npz_paths: Sequence[str | Path], cfg: Mapping[str, Any],
+                        region: np.ndarray, finder: Any, rmap: np.ndarray,
+                        group_map: str | Path | None, out_seedmap: str | Path | None,
+                        affine: np.ndarray) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``snt`` and ``seedmap`` targets of a unit (empty when neither is asked for)."""
+    from .datamethods import needs_data, seedmap_map, seedmap_seed, seedmap_target, snt_run
+    from .denoise import load_denoised
+    from .seedmap import combine_runs, seed_weights, to_volume
+    from .snt import snt_target
+
+    methods = list(cfg["target"]["methods"])
+    if not needs_data(methods):
+        return {}, {}
+    if not npz_paths:
+        raise InputError(None, f"target method(s) {[m for m in methods if m in ('snt', 'seedmap')]}"
+                         " need the denoised time series.", "Run through the tmstarget "
+                         "command or the workflow, which gives them to the target step.")
+    runs = [load_denoised(p) for p in npz_paths]
+    combined = combine_runs(runs, [str(p) for p in npz_paths])
+    out: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    if "snt" in methods:
+        w, _ = seed_weights(cfg["seed"], combined.shape, combined.affine, data_space(cfg))
+        res, _ = snt_run(combined, region, w, cfg)
+        out["snt"] = snt_target(res, finder, rmap)
+        info["snt"] = {"params": res.params.to_dict(),
+                       "n_region_clusters": len(res.region_clusters),
+                       "n_sgacc_clusters": len(res.sgacc_clusters),
+                       "n_eligible": int(np.sum(res.eligible)),
+                       "r_is": "the sgACC seed map's value at the target voxel"}
+    if "seedmap" in methods:
+        seed = seedmap_seed(cfg, combined, region, data_space(cfg), group_map)
+        ts, r, sinfo = seedmap_map(combined, seed)
+        smap = to_volume(r.astype(np.float32), combined, fill=np.nan)
+        out["seedmap"] = seedmap_target(np.asarray(smap, float), finder)
+        info["seedmap"] = {**seed.source, "description": seed.description, **sinfo,
+                           "r_is": "the seedmap seed's correlation map at the target voxel"}
+        if out_seedmap is not None:
+            hdr = nb.Nifti1Header()
+            hdr.set_xyzt_units("mm")
+            img = nb.Nifti1Image(np.nan_to_num(smap).astype(np.float32), affine, hdr)
+            img.set_qform(affine, 1)
+            img.set_sform(affine, 4)
+            write_nifti(img, out_seedmap)
+            write_json(str(out_seedmap).replace(".nii.gz", ".json"), {
+                "Description": "Pearson correlation (r) of each voxel with the seedmap seed: the "
+                               "group map's weighted average of the denoised data (Fox et al. "
+                               "2013).",
+                "Space": data_space(cfg), "Units": "r (Pearson correlation, unitless)",
+                "GroupMap": seed.source, "SeedDescription": seed.description, **sinfo,
+                "SoftwareVersions": software_versions()})
+            info["seedmap"]["map"] = str(out_seedmap)
+    return out, info
+
+
+def data_method_reproducibility(method: str, combined: Any, parts: Sequence[Any],
+                                region: np.ndarray, full: Any, counts: np.ndarray,
+                                cfg: Mapping[str, Any], finder: Any,
+                                target_kw: Mapping[str, Any], group_map: str | Path | None,
+                                sgacc_map_r: float | None) -> tuple[dict, dict, list[dict]]:
+    """Split-half and bootstrap of ``snt`` or ``seedmap`` (same record layout as the others)."""
+    from .datamethods import seedmap_seed, snt_run
+    from .reproducibility import bootstrap, region_data, split_half
+    from .seedmap import seed_weights
+    from .snt import snt_bootstrap
+
+    pf = np.array([full.x, full.y, full.z], float)
+    if method == "seedmap":
+        def rd_of(comb: Any) -> Any:
+            seed = seedmap_seed(cfg, comb, region, data_space(cfg), group_map)
+            from .groupmap import seedmap_timeseries
+
+            ts, _ = seedmap_timeseries(comb.data, seed.weights, seed.exclude)
+            return region_data(comb, ts, region)
+
+        as_classic = {"classic": full}
+        h = split_half(rd_of(parts[0]), rd_of(parts[1]), as_classic, target_kw)["classic"]
+        cloud, b = bootstrap(rd_of(combined), counts, as_classic, target_kw)
+        for row in cloud:
+            row["method"] = "seedmap"
+        return h, b["classic"], cloud
+    # snt: the whole clustering on each half; the bootstrap re-scores the full-data clusters
+    w, _ = seed_weights(cfg["seed"], combined.shape, combined.affine, data_space(cfg))
+    res_full, _ = snt_run(combined, region, w, cfg)
+    ends = []
+    for part in parts:
+        wp, _ = seed_weights(cfg["seed"], part.shape, part.affine, data_space(cfg))
+        res, _ = snt_run(part, region, wp, cfg)
+        from .snt import snt_target
+
+        t = snt_target(res, finder)
+        ends.append(({"x": t.x, "y": t.y, "z": t.z, "r": t.r} if t.ok else
+                     {"x": None, "y": None, "z": None, "r": None, "status": t.status}))
+    pa = None if ends[0]["x"] is None else np.array([ends[0][k] for k in "xyz"], float)
+    pb = None if ends[1]["x"] is None else np.array([ends[1][k] for k in "xyz"], float)
+    h = {"half_a": ends[0], "half_b": ends[1],
+         "distance_mm": None if pa is None or pb is None else float(np.linalg.norm(pa - pb)),
+         "half_a_to_full_mm": None if pa is None else float(np.linalg.norm(pa - pf)),
+         "half_b_to_full_mm": None if pb is None else float(np.linalg.norm(pb - pf)),
+         "map_r": sgacc_map_r,
+         "note": "each half clustered on its own; a half with no eligible cluster has no target"}
+    sb = snt_bootstrap(res_full, counts)
+    pts = sb["targets_mm"]
+    ok = ~np.isnan(pts[:, 0])
+    cloud = [{"resample": i, "method": "snt", "x": float(p[0]), "y": float(p[1]),
+              "z": float(p[2]), "r": float("nan")} for i, p in enumerate(pts) if ok[i]]
+    b = {"n_resamples": int(ok.sum()),
+         "centroid": ({k: float(v) for k, v in zip("xyz", pts[ok].mean(axis=0), strict=True)}
+                      if ok.any() else None),
+         "radius95_mm": sb["radius95_mm"], "fraction_within_5mm": sb["fraction_within_5mm"],
+         "n_no_target": sb["n_no_target"],
+         "note": "the full-data clusters re-scored on each resample (clusters fixed)"}
+    return h, b, cloud
+
+
+def group_map_step(rmaps: Mapping[str, str | Path], participant: str, cfg: Mapping[str, Any],
+                   out_map: str | Path) -> None:
+    """The leave-one-out group map for one participant (``target.seedmap.source: cohort``).
+
+    ``rmaps``: unit prefix -> that unit's sgACC map; every unit of ``participant`` is left out.
+    """
+    from .groupmap import leave_one_out_group_map, write_group_map
+
+    keyed = {}
+    sources = {}
+    affine = None
+    me = str(participant).removeprefix("sub-")
+    for prefix, path in rmaps.items():
+        pid = Path(str(prefix)).name.split("_")[0].removeprefix("sub-")
+        if pid == me:  # never read (it may not exist yet): it must not contribute anyway
+            continue
+        key = (pid, prefix)
+        img = nb.load(path)
+        affine = img.affine if affine is None else affine
+        keyed[key] = np.asarray(img.dataobj, np.float64)
+        sources[key] = path
+    sm = cfg["target"].get("seedmap") or {}
+    group, used = leave_one_out_group_map(keyed, participant,
+                                          int(sm.get("min_participants", 2)))
+    write_group_map(np.nan_to_num(group), affine, out_map, participant, used, sources,
+                    data_space(cfg))
 
 
 def aggregate_step(target_jsons: Sequence[str | Path], skipped: Sequence[Mapping[str, Any]],
@@ -364,8 +521,9 @@ REPRO_COLUMNS: tuple[str, ...] = (
 def reproducibility_step(npz_paths: Sequence[str | Path], target_json: str | Path,
                          map_path: str | Path, mask_path: str | Path, region_path: str | Path,
                          cfg: Mapping[str, Any], out_json: str | Path,
-                         out_cloud: str | Path) -> dict:
+                         out_cloud: str | Path, group_map: str | Path | None = None) -> dict:
     """Split-half targets, bootstrap cloud and reference-site comparison for one unit."""
+    from .datamethods import DATA_METHODS
     from .denoise import load_denoised
     from .reproducibility import (bootstrap, circular_block_bootstrap, reference_sites,
                                   region_data, split_half, split_indices)
@@ -410,12 +568,19 @@ def reproducibility_step(npz_paths: Sequence[str | Path], target_json: str | Pat
         pts, _ = seed_timeseries(part, seed_weights(cfg["seed"], part.shape, part.affine,
                                                     data_space(cfg))[0], seed_name)
         rds.append(region_data(part, pts, region))
-    halves = split_half(rds[0], rds[1], full, target_kw)
+    full_map = {m: t for m, t in full.items() if m not in DATA_METHODS}
+    halves = split_half(rds[0], rds[1], full_map, target_kw) if full_map else {}
     a_n, b_n = (int(p.data.shape[0]) for p in parts)
     block = max(1, int(round(float(rc["bootstrap_block_seconds"]) / tr)))
     counts = circular_block_bootstrap(combined.run_lengths, block,
                                       int(rc["bootstrap_resamples"]), int(rc["bootstrap_seed"]))
-    cloud, boot = bootstrap(rd, counts, full, target_kw)
+    cloud, boot = bootstrap(rd, counts, full_map, target_kw) if full_map else ([], {})
+    map_r = next(iter(halves.values()))["map_r"] if halves else None
+    for m in [m for m in full if m in DATA_METHODS]:
+        h, b, c = data_method_reproducibility(m, combined, parts, region, full[m], counts,
+                                              cfg, rd.finder, target_kw, group_map, map_r)
+        halves[m], boot[m] = h, b
+        cloud += c
     rimg = nb.load(map_path)
     brain = np.asarray(nb.load(mask_path).dataobj) > 0
     refs = reference_sites(np.asarray(rimg.dataobj, float), brain, rimg.affine, full,

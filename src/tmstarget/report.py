@@ -638,7 +638,7 @@ def _xyz(v: Any) -> list[float] | None:
     if v is None:
         return None
     if isinstance(v, Mapping):
-        if all(k in v for k in ("x", "y", "z")):
+        if all(v.get(k) is not None for k in ("x", "y", "z")):
             return [float(v["x"]), float(v["y"]), float(v["z"])]
         return None
     try:

@@ -287,7 +287,8 @@ def cohort_summary(rows: Sequence[Mapping[str, Any]], ratio_limit: float,
     out = [dict(r) for r in rows]
     for m in methods:
         mr = [r for r in out if r["method"] == m]
-        within = np.array([r["split_half_distance_mm"] for r in mr], float)
+        within = np.array([r["split_half_distance_mm"] for r in mr
+                           if r.get("split_half_distance_mm") is not None], float)
         between = []
         for i in range(len(mr)):
             for j in range(i + 1, len(mr)):
@@ -311,14 +312,19 @@ def cohort_summary(rows: Sequence[Mapping[str, Any]], ratio_limit: float,
         }
         for r in mr:
             reasons = []
-            if bmed is None:
+            if r.get("split_half_distance_mm") is None:
+                reasons.append("no target in one half of the data (split-half distance "
+                               "undefined)")
+            elif bmed is None:
                 r["between_subject_note"] = "fewer than 2 participants: no between-subject reference"
             elif r["split_half_distance_mm"] > ratio_limit * bmed:
                 reasons.append(
                     f"split-half distance {r['split_half_distance_mm']:.1f} mm is not clearly "
                     f"below the cohort's median between-subject distance {bmed:.1f} mm "
                     f"(limit {ratio_limit:g} × median = {ratio_limit * bmed:.1f} mm)")
-            if r["bootstrap_radius95_mm"] > radius_limit_mm:
+            if r.get("bootstrap_radius95_mm") is None:
+                reasons.append("no bootstrap resample had a target")
+            elif r["bootstrap_radius95_mm"] > radius_limit_mm:
                 reasons.append(f"bootstrap 95% radius {r['bootstrap_radius95_mm']:.1f} mm exceeds "
                                f"{radius_limit_mm:g} mm")
             r["reliability"] = "unreliable" if reasons else "reliable"

@@ -228,3 +228,61 @@ def finish_stamps():
     if STAMPS.deferred:
         print(f"[tmstarget] {len(STAMPS.deferred)} job(s) have changed settings or inputs, but "
               "another run holds this folder: the next run reruns them", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# targeting methods that need the time series (snt, seedmap; tmstarget.datamethods)
+_TCFG = config["target"]
+_NEEDS_DATA = any(m in ("snt", "seedmap") for m in _TCFG["methods"])
+_SEEDMAP = "seedmap" in _TCFG["methods"]
+_SEEDMAP_COHORT = _SEEDMAP and (_TCFG.get("seedmap") or {}).get("source", "cohort") == "cohort"
+#: the seedmap method's own correlation map (an output of rule target when seedmap is asked for)
+SEEDMAP_OUTPUTS = ({"seedmap": f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-seedmap_stat-r_boldmap.nii.gz"}
+                   if _SEEDMAP else {})
+
+
+def get_data_method_runs(wildcards):
+    """The denoised runs, for snt/seedmap only (the map methods need the map alone)."""
+    return get_denoised_runs(wildcards) if _NEEDS_DATA else []
+
+
+def get_group_map_input(wildcards):
+    """The unit's leave-one-out group map (seedmap, source cohort) or the given group map."""
+    if not _SEEDMAP:
+        return []
+    if _SEEDMAP_COHORT:
+        return [f"{OUT}/{wildcards.prefix}_space-MNI152NLin2009cAsym_desc-groupsgacc_stat-r_boldmap.nii.gz"]
+    f = (_TCFG.get("seedmap") or {}).get("file")
+    return [f] if f else []
+
+
+def get_group_map_source_dict(wildcards):
+    """Unit prefix -> sgACC map of every unit (the step leaves the participant's own out)."""
+    return {p: f"{OUT}/{p}_space-MNI152NLin2009cAsym_desc-sgacc_stat-r_boldmap.nii.gz"
+            for p in sorted(PLAN.units)}
+
+
+def get_group_map_sources(wildcards):
+    me = PLAN.units[wildcards.prefix].participant
+    return [f for p, f in get_group_map_source_dict(wildcards).items()
+            if PLAN.units[p].participant != me]
+
+
+def get_gm_probseg(wildcards):
+    """The participant's fMRIPrep grey-matter probability map in the BOLD's space, if any."""
+    if not config["search"].get("grey_matter", True):
+        return []
+    from tmstarget.greymatter import find_gm_probseg
+
+    u = PLAN.units[wildcards.prefix]
+    f = find_gm_probseg(PLAN.fmriprep_dir, u.participant, u.session, config["space"],
+                        config.get("res"))
+    return [str(f)] if f else []
+
+
+STAMPS.stamp("group_map", "cohort")
+#: group of the target, reproducibility and native jobs: with leave-one-out group maps they
+#: depend on the other participants' seed maps, so they cannot share a (cluster) job with
+#: this participant's denoising and seed map (that would make a cycle between groups)
+TARGETS_GROUP = "participant_targets" if _SEEDMAP_COHORT else "participant"
+

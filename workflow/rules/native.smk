@@ -86,7 +86,7 @@ rule native:
     log:
         f"{OUT}/logs/native/{{anatprefix}}.log",
     group:
-        "participant"
+        TARGETS_GROUP
     threads: 1
     resources:
         mem_mb=mem_scaled(3000),
@@ -111,7 +111,7 @@ rule native_hotspot:
     log:
         f"{OUT}/logs/native/{{anatprefix}}.log",
     group:
-        "participant"
+        TARGETS_GROUP
     threads: 1
     resources:
         mem_mb=mem_scaled(3000),

@@ -51,6 +51,28 @@ rule seed_map:
         "../../scripts/seed_map.py"
 
 
+rule group_map:
+    """Leave-one-out group sgACC map for the seedmap method (target.seedmap.source: cohort)."""
+    input:
+        rmaps=get_group_map_sources,
+        stamp=STAMPS.path("group_map", "cohort"),
+    output:
+        gmap=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-groupsgacc_stat-r_boldmap.nii.gz",
+        sidecar=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-groupsgacc_stat-r_boldmap.json",
+    params:
+        unit=get_unit,
+        sources=get_group_map_source_dict,
+        cfg=rule_config("group_map", config),
+    log:
+        f"{OUT}/logs/group_map/{{prefix}}.log",
+    threads: 1
+    resources:
+        mem_mb=mem_scaled(2000),
+        runtime=10,
+    script:
+        "../../scripts/group_map.py"
+
+
 rule target:
     input:
         rmap=rules.seed_map.output.rmap,
@@ -58,9 +80,13 @@ rule target:
         qc=rules.seed_map.output.qc,
         user_search=get_user_files("search"),
         stamp=stamp_input("target", "prefix"),
+        runs=get_data_method_runs,
+        group_map=get_group_map_input,
+        gm_probseg=get_gm_probseg,
     output:
         coords=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-target_coords.json",
         region=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-searchregion_mask.nii.gz",
+        **SEEDMAP_OUTPUTS,
     params:
         unit=get_unit,
         output_root=OUT,
@@ -68,7 +94,7 @@ rule target:
     log:
         f"{OUT}/logs/target/{{prefix}}.log",
     group:
-        "participant"
+        TARGETS_GROUP
     threads: 1
     resources:
         mem_mb=mem_scaled(1000),
@@ -86,6 +112,7 @@ rule reproducibility:
         region=rules.target.output.region,
         user_seed=get_user_files("seed"),
         stamp=stamp_input("reproducibility", "prefix"),
+        group_map=get_group_map_input,
     output:
         stats=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-reproducibility_stats.json",
         cloud=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-bootstrap_targets.tsv",
@@ -94,7 +121,7 @@ rule reproducibility:
     log:
         f"{OUT}/logs/reproducibility/{{prefix}}.log",
     group:
-        "participant"
+        TARGETS_GROUP
     threads: 1
     resources:
         mem_mb=mem_for_unit,
