@@ -15,4 +15,7 @@ run_step(sm, target_step, map_path=sm.input.rmap, mask_path=sm.input.mask, qc_pa
          out_region=sm.output.region, output_root=sm.params.output_root,
          npz_paths=list(sm.input.runs), group_map=(list(sm.input.group_map) or [None])[0],
          out_seedmap=getattr(sm.output, "seedmap", None),
-         gm_probseg=(list(sm.input.gm_probseg) or [None])[0])
+         gm_probseg=(list(sm.input.gm_probseg) or [None])[0],
+         anat=({"t1w": sm.input.t1w, "mask": sm.input.anat_mask,
+                "xfm_mni_to_t1w_points": sm.input.xfm_mni_to_t1w_points}
+               if hasattr(sm.input, "t1w") else None))

@@ -187,7 +187,7 @@ STEP_CASES = {
     "confounds_nan_value": (set_conf_nan_value, ["missing or infinite", "global_signal"]),
     "confounds_missing_file": (set_conf_missing_file, ["confounds file does not exist"]),
     "mask_other_grid": (set_mask_other_grid, ["does not match the BOLD grid"]),
-    "mask_shifted": (set_mask_shifted, ["voxel-to-world affine differs", "not at the same places"]),
+    "mask_shifted": (set_mask_shifted, ["voxel-to-world affines differ", "8 mm apart"]),
     "mask_empty": (set_mask_empty, ["brain mask is empty"]),
     "qform_not_sform": (set_qform_sform, ["qform and sform disagree"]),
     "truncated_gzip": (set_truncated, ["corrupt or truncated"]),

@@ -188,7 +188,7 @@ def test_dry_run_scalp_rules_outputs_and_hotspot_units(tmp_path):
         d = src / f"sub-{sub}" / "anat"
         d.mkdir(parents=True)
         for f in ANAT:
-            (d / f.format(p=f"sub-{sub}")).touch()
+            tiny_file(d / f.format(p=f"sub-{sub}"))
     cfg = {"native": {"scalp_rules": {"hotspot_t1w_mm": {"sub-03_ses-2": [-35.0, -18.0, 70.0]}}}}
     res = dry_run(src, tmp_path / "out", cfg)
     assert res.returncode == 0, res.stderr

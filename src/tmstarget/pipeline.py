@@ -190,11 +190,15 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
                 out_json: str | Path, out_region: str | Path, output_root: str | Path,
                 npz_paths: Sequence[str | Path] = (), group_map: str | Path | None = None,
                 out_seedmap: str | Path | None = None,
-                gm_probseg: str | Path | None = None) -> dict:
+                gm_probseg: str | Path | None = None,
+                anat: Mapping[str, str | Path] | None = None) -> dict:
     """Pick the targets on a seed map and write the target JSON and search-region mask.
 
     ``snt`` and ``seedmap`` (:mod:`tmstarget.datamethods`) also read the denoised runs
-    (``npz_paths``); ``seedmap`` writes its own correlation map (``out_seedmap``).
+    (``npz_paths``); ``seedmap`` writes its own correlation map (``out_seedmap``). With the
+    participant's anatomy (``anat``: ``t1w``, ``mask``, ``xfm_mni_to_t1w_points``), search-region
+    voxels deeper than ``native.max_depth_mm`` below the scalp are removed before choosing
+    (:func:`tmstarget.greymatter.depth_mask`); the native step still checks the coil's depth.
     """
     from .datamethods import DATA_METHODS
     from .target import TargetFinder, load_search_region
@@ -205,6 +209,26 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
     search = search_in_data_space(cfg)
     region, region_desc = load_search_region(search, brain, rimg.affine,
                                              gm_probseg=gm_probseg, data_space=data_space(cfg))
+    depth_info = None
+    if anat:
+        from .greymatter import depth_mask
+        from .native import build_head_model, load_point_transform
+
+        model = build_head_model(anat["t1w"], anat["mask"])
+        shallow, depth_info = depth_mask(region, rimg.affine,
+                                         load_point_transform(anat["xfm_mni_to_t1w_points"]),
+                                         model, float(cfg["native"]["max_depth_mm"]))
+        if not shallow.any():
+            raise InputError(anat["t1w"], f"no search-region voxel lies within "
+                             f"{cfg['native']['max_depth_mm']} mm of this participant's scalp "
+                             f"({depth_info['n_too_deep']} too deep, "
+                             f"{depth_info['n_outside_head']} outside the head).",
+                             "Check the T1w and its transform (a failed registration?), or, "
+                             "knowingly, raise native.max_depth_mm.")
+        region_desc += (f"; without the {depth_info['n_region'] - depth_info['n_kept']} voxels "
+                        f"deeper than {cfg['native']['max_depth_mm']:g} mm below this "
+                        "participant's scalp")
+        region = shallow
     t = cfg["target"]
     finder = TargetFinder(region, rimg.affine)
     map_methods = [m for m in t["methods"] if m not in DATA_METHODS]
@@ -253,6 +277,7 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
         "search_region": {"description": region_desc, "n_voxels": int(region.sum()),
                           "mask": rel(out_region), "config": search},
         **({"data_methods": extra_info} if extra_info else {}),
+        **({"depth_restriction": depth_info} if depth_info else {}),
         "seed": qc["seed"],
         "denoising": {
             "strategy": qc["strategy"],

@@ -47,7 +47,8 @@ RULE_CONFIG: dict[str, tuple[str, ...]] = {
                     # the two independently cleaned halves are made in the same pass
                     "reproducibility.enabled", "reproducibility.gap_seconds"),
     "seed_map": ("denoise.min_volumes", "seed", "space"),
-    "target": ("search", "target", "denoise.fd_threshold", "space", "seed"),
+    "target": ("search", "target", "denoise.fd_threshold", "space", "seed",
+               "native.max_depth_mm"),
     "group_map": ("target.seedmap", "space"),
     "reproducibility": ("reproducibility.split", "reproducibility.gap_seconds",
                         "reproducibility.bootstrap_resamples",

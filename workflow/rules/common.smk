@@ -280,6 +280,19 @@ def get_gm_probseg(wildcards):
     return [str(f)] if f else []
 
 
+def get_target_anat(wildcards):
+    """The unit's anatomy (native step on): voxels too deep below the scalp are left out of
+    the search region before choosing."""
+    if not config["native"]["enabled"]:
+        return {}
+    for ap, up in PLAN.anat_units.items():
+        if up == wildcards.prefix:
+            a = PLAN.anat[ap]
+            return {"t1w": a.t1w, "anat_mask": a.mask,
+                    "xfm_mni_to_t1w_points": a.xfm_mni_to_t1w_points}
+    return {}
+
+
 STAMPS.stamp("group_map", "cohort")
 #: group of the target, reproducibility and native jobs: with leave-one-out group maps they
 #: depend on the other participants' seed maps, so they cannot share a (cluster) job with

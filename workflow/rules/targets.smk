@@ -75,6 +75,7 @@ rule group_map:
 
 rule target:
     input:
+        unpack(get_target_anat),
         rmap=rules.seed_map.output.rmap,
         mask=rules.seed_map.output.mask,
         qc=rules.seed_map.output.qc,
