@@ -281,8 +281,9 @@ def discover(
         if s not in have and not any(x.participant == s for x in skipped):
             other = sorted({m.group(1) for f in (root / f"sub-{s}").rglob("*_bold.nii*")
                             if (m := re.search(r"_space-([A-Za-z0-9]+)_", f.name))} - {space})
-            found = (f"; found BOLD only in space {', '.join(other)}: rerun fMRIPrep with "
-                     f"--output-spaces {space}" if other else "")
+            found = (f"; found BOLD only in space {', '.join(other)}: set config space to it "
+                     f"(if supported) or rerun fMRIPrep with --output-spaces {space}"
+                     if other else "")
             skipped.append(Skipped(s, None, None, f"no preprocessed BOLD for task '{task}' in "
                                    f"space {space} (…_space-{space}_desc-preproc_bold.nii.gz)"
                                    + found))

@@ -52,6 +52,8 @@ from .io import data_file
 
 #: Shipped template grey-matter probability map (2 mm, MNI152NLin2009cAsym).
 TEMPLATE_GM_PROBSEG: str = "tpl-MNI152NLin2009cAsym_res-02_label-GM_probseg.nii.gz"
+#: Template space of :data:`TEMPLATE_GM_PROBSEG`.
+TEMPLATE_GM_SPACE: str = "MNI152NLin2009cAsym"
 #: Default grey-matter probability threshold (config ``search.grey_matter_threshold``).
 DEFAULT_GM_THRESHOLD: float = 0.3
 
@@ -92,8 +94,15 @@ def find_gm_probseg(fmriprep_dir: str | Path, participant: str, session: str | N
 
 def grey_matter_mask(shape: tuple[int, int, int], affine: np.ndarray,
                      probseg: str | Path | None = None,
-                     threshold: float = DEFAULT_GM_THRESHOLD) -> tuple[np.ndarray, str]:
+                     threshold: float = DEFAULT_GM_THRESHOLD,
+                     data_space: str = "MNI152NLin2009cAsym") -> tuple[np.ndarray, str]:
     """Grey-matter mask on a grid (probability >= ``threshold``).
+
+    ``probseg`` (fMRIPrep's own map) is in ``data_space`` already. The shipped template map is in
+    MNI152NLin2009cAsym; for another ``data_space`` (MNI152NLin6Asym) it is first moved onto
+    the same 2 mm grid through the shipped template transform
+    (:func:`tmstarget.spaces.resample_to_grid`, trilinear), then averaged over each BOLD voxel
+    as usual.
 
     Parameters
     ----------
@@ -104,6 +113,8 @@ def grey_matter_mask(shape: tuple[int, int, int], affine: np.ndarray,
         uses the shipped template map.
     threshold : float
         In (0, 1].
+    data_space : str
+        Template space of the BOLD grid.
 
     Returns
     -------
@@ -125,6 +136,14 @@ def grey_matter_mask(shape: tuple[int, int, int], affine: np.ndarray,
     if data.ndim != 3:
         raise InputError(path, f"the grey-matter map must be 3D, it is {data.ndim}D.",
                          "Give fMRIPrep's label-GM_probseg.")
+    moved = ""
+    if probseg is None and data_space != TEMPLATE_GM_SPACE:
+        from .spaces import resample_to_grid
+
+        data = resample_to_grid(nb.Nifti1Image(data, img.affine), TEMPLATE_GM_SPACE, data_space,
+                                img.affine, data.shape, "linear").astype(np.float32)
+        img = nb.Nifti1Image(data, img.affine)
+        moved = f", moved {TEMPLATE_GM_SPACE} -> {data_space} by the shipped template transform"
     if float(np.nanmax(data)) > 1.0 + 1e-3 or float(np.nanmin(data)) < -1e-3:
         raise InputError(path, "the grey-matter map is not a probability map (values outside "
                          "0-1).", "Give fMRIPrep's label-GM_probseg (probabilities).")
@@ -133,7 +152,7 @@ def grey_matter_mask(shape: tuple[int, int, int], affine: np.ndarray,
     if not same:
         data, how = _grey_matter_fraction(np.nan_to_num(data), img.affine, shape, affine)
     mask = np.nan_to_num(data) >= float(threshold)
-    src = ("the shipped MNI152NLin2009cAsym template grey-matter map" if probseg is None
+    src = (f"the shipped {TEMPLATE_GM_SPACE} template grey-matter map{moved}" if probseg is None
            else f"{path.name}")
     return mask, (f"grey matter (probability >= {float(threshold):g} in {src}{how})")
 

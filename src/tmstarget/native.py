@@ -565,6 +565,20 @@ def _depth_advice(d_target: float | None, d_hotspot: float | None) -> str:
             "the protocol's decision; measure the hotspot on the subject.")
 
 
+
+def _check_transform_space(path: str | os.PathLike[str], needed: str, space: str) -> None:
+    """Refuse a fMRIPrep transform whose name is for another template than the targets.
+
+    The targets are in the template of the target JSON (``space``); a T1w <-> MNI transform of
+    the other MNI template would move them by several mm with no visible sign.
+    """
+    name = Path(path).name
+    if "_from-" in name and f"_{needed}_" not in f"_{name}":
+        raise InputError(path, f"this transform is not {needed} but the targets are in {space}.",
+                         f"Give fMRIPrep's sub-…_{needed}_mode-image_xfm.h5 (fMRIPrep "
+                         f"--output-spaces {space}, the same template as config space).")
+
+
 def plan_native(target_json: Mapping[str, Any], t1w: str | os.PathLike[str],
                 brain_mask: str | os.PathLike[str] | None,
                 xfm_mni_to_t1w_points: str | os.PathLike[str],
@@ -601,6 +615,10 @@ def plan_native(target_json: Mapping[str, Any], t1w: str | os.PathLike[str],
         Any refusal (header, transform mismatch, outside head, too deep, bad pose).
     """
     info = nav.read_t1w_info(t1w)
+    space_mni = str(target_json.get("space") or MNI_SPACE)
+    _check_transform_space(xfm_mni_to_t1w_points, f"from-T1w_to-{space_mni}", space_mni)
+    if xfm_t1w_to_mni_points is not None:
+        _check_transform_space(xfm_t1w_to_mni_points, f"from-{space_mni}_to-T1w", space_mni)
     fwd = load_point_transform(xfm_mni_to_t1w_points)
     inv = None if xfm_t1w_to_mni_points is None else load_point_transform(xfm_t1w_to_mni_points)
     targets = dict(target_json["targets"])
@@ -629,7 +647,7 @@ def plan_native(target_json: Mapping[str, Any], t1w: str | os.PathLike[str],
     prim_geo = None
     for name, p_mni, p_t1 in zip(names, mni, t1):
         rec: dict[str, Any] = {"mni_mm": _vec(p_mni), "t1w_mm": _vec(p_t1),
-                               "space_mni": MNI_SPACE, "space_t1w": "T1w",
+                               "space_mni": space_mni, "space_t1w": "T1w",
                                "convention": "RAS+ mm (NIfTI world of the named image)"}
         try:
             _check_inside(model, p_t1, f"{name} target")
@@ -703,7 +721,15 @@ def plan_native(target_json: Mapping[str, Any], t1w: str | os.PathLike[str],
     d_t = per[method]["scalp_to_cortex_mm"]
     d_h = hotspot.get("scalp_to_cortex_mm")
     refs = {}
-    for rname, rmni in REFERENCE_TARGETS_MM.items():
+    ref_sites: Mapping[str, Any] = REFERENCE_TARGETS_MM
+    if space_mni != MNI_SPACE:  # the published sites (FSL MNI152) moved into the targets' space
+        from .regions import PUBLISHED_SITES
+        from .spaces import convert_points
+
+        ref_sites = {k: tuple(round(float(v), 2) for v in convert_points([c.xyz], c.space,
+                                                                          space_mni)[0])
+                     for k, c in PUBLISHED_SITES.items()}
+    for rname, rmni in ref_sites.items():
         try:
             refs[rname] = {"mni_mm": _vec(rmni), "t1w_mm": _vec(fwd.map(np.array([rmni]))[0])}
         except InputError as exc:

@@ -167,7 +167,7 @@ def seedmap_step(npz_paths: Sequence[str | Path], participant: str, session: str
     sidecar = {
         "Description": "Pearson correlation (r) of each voxel's denoised time series with the "
                        "seed time series (runs denoised separately, z-scored, concatenated).",
-        "Space": MNI_SPACE,
+        "Space": data_space(cfg),
         "Units": "r (Pearson correlation, unitless)",
         "Seed": {"description": seed_desc, "n_voxels": n_seed, "config": dict(cfg["seed"]),
                  **seed_centre_in_data_space(cfg)},
@@ -266,11 +266,11 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
     out = {
         "participant_id": f"sub-{participant}",
         "session_id": f"ses-{session}" if session else None,
-        "space": MNI_SPACE,
+        "space": data_space(cfg),
         "convention": CONVENTION,
         "reference_image": {"path": rel(map_path), "sha256": map_sha},
         "targets": {
-            name: {**tg.to_dict(), "space": MNI_SPACE, "convention": CONVENTION,
+            name: {**tg.to_dict(), "space": data_space(cfg), "convention": CONVENTION,
                    "reference_image_sha256": map_sha}
             for name, tg in targets.items()
         },
@@ -301,7 +301,7 @@ def target_step(map_path: str | Path, mask_path: str | Path, qc_path: str | Path
     write_json(out_json, out)
     for name, tg in targets.items():
         print(f"[tmstarget] {_unit_label(participant, session)}: {name} target "
-              f"({tg.x:.1f}, {tg.y:.1f}, {tg.z:.1f}) mm {MNI_SPACE}, r = {tg.r:.3f}"
+              f"({tg.x:.1f}, {tg.y:.1f}, {tg.z:.1f}) mm {data_space(cfg)}, r = {tg.r:.3f}"
               + (" (snapped)" if tg.snapped else ""), flush=True)
     return out
 
@@ -614,7 +614,7 @@ def reproducibility_step(npz_paths: Sequence[str | Path], target_json: str | Pat
     write_text(out_cloud, cdf.to_csv(sep="\t", index=False, float_format="%.4f"))
     out = {
         "participant_id": tj["participant_id"], "session_id": tj["session_id"],
-        "space": MNI_SPACE, "convention": CONVENTION,
+        "space": data_space(cfg), "convention": CONVENTION,
         "reference_image": tj["reference_image"],
         "split_half": {"split": split_desc, "volumes": [a_n, b_n],
                        "methods": halves},

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from . import MNI_SPACE
+from .spaces import TEMPLATE_SPACES as SUPPORTED_SPACES
 from .discover import AnatInputs, RunInputs, Skipped, discover, discover_anat
 from .errors import ConfigError
 from .io import ENTITY_ORDER, bids_name
@@ -155,11 +156,12 @@ def build_plan(config: Mapping[str, Any]) -> Plan:
     -------
     Plan
     """
-    if config.get("space", MNI_SPACE) != MNI_SPACE:
-        raise ConfigError(None, f"space {config.get('space')} is not supported.",
-                          f"Use fMRIPrep's {MNI_SPACE} output.")
+    space = config.get("space") or MNI_SPACE
+    if space not in SUPPORTED_SPACES:
+        raise ConfigError(None, f"space {space} is not supported.",
+                          f"Use fMRIPrep's {' or '.join(SUPPORTED_SPACES)} output.")
     src, out = check_paths(config["fmriprep_dir"], config["output_dir"])
-    runs, skipped = discover(src, task=config["task"], space=MNI_SPACE, res=config.get("res"),
+    runs, skipped = discover(src, task=config["task"], space=space, res=config.get("res"),
                              participant_label=config.get("participant_label") or None,
                              exclude=config.get("exclude_participants") or None)
     plan = Plan(output_dir=out, fmriprep_dir=src, skipped=list(skipped))
@@ -179,7 +181,7 @@ def build_plan(config: Mapping[str, Any]) -> Plan:
         plan.unit_runs.setdefault(up, []).append(rp)
     if (config.get("native") or {}).get("enabled", True):
         for up, u in sorted(plan.units.items()):
-            anat, reason = discover_anat(src, u.participant, u.session, MNI_SPACE)
+            anat, reason = discover_anat(src, u.participant, u.session, space)
             if anat is None:
                 plan.native_skipped.append(Skipped(u.participant, u.session, None, str(reason)))
                 continue

@@ -167,12 +167,13 @@ def load_search_region(search: Mapping[str, Any], brain_mask: np.ndarray,
     from .greymatter import DEFAULT_GM_THRESHOLD, grey_matter_mask
 
     thr = float(search.get("grey_matter_threshold", DEFAULT_GM_THRESHOLD))
-    gm, gm_desc = grey_matter_mask(brain_mask.shape, affine, gm_probseg, thr)
+    gm, gm_desc = grey_matter_mask(brain_mask.shape, affine, gm_probseg, thr,
+                                   data_space=data_space)
     out = region & gm
     if not out.any():
         raise InputError(gm_probseg, f"no search-region voxel is grey matter ({gm_desc}).",
-                         "Check that the BOLD and the grey-matter map are in "
-                         "MNI152NLin2009cAsym, lower search.grey_matter_threshold, or set "
+                         f"Check that the BOLD and the grey-matter map are in "
+                         f"{data_space}, lower search.grey_matter_threshold, or set "
                          "search.grey_matter: false.")
     return out, (f"{desc}; restricted to {gm_desc}: {int(out.sum())} of {int(region.sum())} "
                  f"voxels")

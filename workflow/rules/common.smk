@@ -27,6 +27,8 @@ except TmsTargetError as _exc:
     _fail(_exc)
 
 OUT = str(PLAN.output_dir)
+# Template space of the BOLD (config space): every template-space output is named with it.
+SPACE = config.get("space") or "MNI152NLin2009cAsym"
 
 for _s in PLAN.skipped:
     _where = f"sub-{_s.participant}" + (f" ses-{_s.session}" if _s.session else "") + (
@@ -87,7 +89,7 @@ def get_user_files(section):
 
 def get_target_jsons():
     return [
-        f"{OUT}/{p}_space-MNI152NLin2009cAsym_desc-target_coords.json"
+        f"{OUT}/{p}_space-{SPACE}_desc-target_coords.json"
         for p in sorted(PLAN.units)
     ]
 
@@ -96,7 +98,7 @@ def get_repro_jsons():
     if not config["reproducibility"]["enabled"]:
         return []
     return [
-        f"{OUT}/{p}_space-MNI152NLin2009cAsym_desc-reproducibility_stats.json"
+        f"{OUT}/{p}_space-{SPACE}_desc-reproducibility_stats.json"
         for p in sorted(PLAN.units)
     ]
 
@@ -237,7 +239,7 @@ _NEEDS_DATA = any(m in ("snt", "seedmap") for m in _TCFG["methods"])
 _SEEDMAP = "seedmap" in _TCFG["methods"]
 _SEEDMAP_COHORT = _SEEDMAP and (_TCFG.get("seedmap") or {}).get("source", "cohort") == "cohort"
 #: the seedmap method's own correlation map (an output of rule target when seedmap is asked for)
-SEEDMAP_OUTPUTS = ({"seedmap": f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-seedmap_stat-r_boldmap.nii.gz"}
+SEEDMAP_OUTPUTS = ({"seedmap": f"{OUT}/{{prefix}}_space-{SPACE}_desc-seedmap_stat-r_boldmap.nii.gz"}
                    if _SEEDMAP else {})
 
 
@@ -251,14 +253,14 @@ def get_group_map_input(wildcards):
     if not _SEEDMAP:
         return []
     if _SEEDMAP_COHORT:
-        return [f"{OUT}/{wildcards.prefix}_space-MNI152NLin2009cAsym_desc-groupsgacc_stat-r_boldmap.nii.gz"]
+        return [f"{OUT}/{wildcards.prefix}_space-{SPACE}_desc-groupsgacc_stat-r_boldmap.nii.gz"]
     f = (_TCFG.get("seedmap") or {}).get("file")
     return [f] if f else []
 
 
 def get_group_map_source_dict(wildcards):
     """Unit prefix -> sgACC map of every unit (the step leaves the participant's own out)."""
-    return {p: f"{OUT}/{p}_space-MNI152NLin2009cAsym_desc-sgacc_stat-r_boldmap.nii.gz"
+    return {p: f"{OUT}/{p}_space-{SPACE}_desc-sgacc_stat-r_boldmap.nii.gz"
             for p in sorted(PLAN.units)}
 
 

@@ -49,12 +49,12 @@ for _ap, _a in PLAN.anat.items():
 
 def get_unit_target_json(wildcards):
     up = PLAN.anat_units[wildcards.anatprefix]
-    return f"{OUT}/{up}_space-MNI152NLin2009cAsym_desc-target_coords.json"
+    return f"{OUT}/{up}_space-{SPACE}_desc-target_coords.json"
 
 
 def get_unit_rmap(wildcards):
     up = PLAN.anat_units[wildcards.anatprefix]
-    return f"{OUT}/{up}_space-MNI152NLin2009cAsym_desc-sgacc_stat-r_boldmap.nii.gz"
+    return f"{OUT}/{up}_space-{SPACE}_desc-sgacc_stat-r_boldmap.nii.gz"
 
 
 def native_outputs(with_5cm):

@@ -43,7 +43,7 @@ def get_report_native_note(wildcards):
 
 def get_report_inputs(wildcards):
     p = REPORT_UNITS[wildcards.reportstem]
-    base = f"{OUT}/{p}_space-MNI152NLin2009cAsym_desc-"
+    base = f"{OUT}/{p}_space-{SPACE}_desc-"
     files = {
         "coords": f"{base}target_coords.json",
         "rmap": f"{base}sgacc_stat-r_boldmap.nii.gz",

@@ -31,9 +31,9 @@ rule seed_map:
         user_seed=get_user_files("seed"),
         stamp=stamp_input("seed_map", "prefix"),
     output:
-        rmap=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-sgacc_stat-r_boldmap.nii.gz",
-        sidecar=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-sgacc_stat-r_boldmap.json",
-        mask=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-analysis_mask.nii.gz",
+        rmap=f"{OUT}/{{prefix}}_space-{SPACE}_desc-sgacc_stat-r_boldmap.nii.gz",
+        sidecar=f"{OUT}/{{prefix}}_space-{SPACE}_desc-sgacc_stat-r_boldmap.json",
+        mask=f"{OUT}/{{prefix}}_space-{SPACE}_desc-analysis_mask.nii.gz",
         seed_tsv=f"{OUT}/{{prefix}}_desc-sgacc_timeseries.tsv",
         qc=f"{OUT}/work/{{prefix}}_desc-seedmap_qc.json",
     params:
@@ -57,8 +57,8 @@ rule group_map:
         rmaps=get_group_map_sources,
         stamp=STAMPS.path("group_map", "cohort"),
     output:
-        gmap=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-groupsgacc_stat-r_boldmap.nii.gz",
-        sidecar=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-groupsgacc_stat-r_boldmap.json",
+        gmap=f"{OUT}/{{prefix}}_space-{SPACE}_desc-groupsgacc_stat-r_boldmap.nii.gz",
+        sidecar=f"{OUT}/{{prefix}}_space-{SPACE}_desc-groupsgacc_stat-r_boldmap.json",
     params:
         unit=get_unit,
         sources=get_group_map_source_dict,
@@ -85,8 +85,8 @@ rule target:
         group_map=get_group_map_input,
         gm_probseg=get_gm_probseg,
     output:
-        coords=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-target_coords.json",
-        region=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-searchregion_mask.nii.gz",
+        coords=f"{OUT}/{{prefix}}_space-{SPACE}_desc-target_coords.json",
+        region=f"{OUT}/{{prefix}}_space-{SPACE}_desc-searchregion_mask.nii.gz",
         **SEEDMAP_OUTPUTS,
     params:
         unit=get_unit,
@@ -115,8 +115,8 @@ rule reproducibility:
         stamp=stamp_input("reproducibility", "prefix"),
         group_map=get_group_map_input,
     output:
-        stats=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-reproducibility_stats.json",
-        cloud=f"{OUT}/{{prefix}}_space-MNI152NLin2009cAsym_desc-bootstrap_targets.tsv",
+        stats=f"{OUT}/{{prefix}}_space-{SPACE}_desc-reproducibility_stats.json",
+        cloud=f"{OUT}/{{prefix}}_space-{SPACE}_desc-bootstrap_targets.tsv",
     params:
         cfg=rule_config("reproducibility", config),
     log:
