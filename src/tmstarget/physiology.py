@@ -78,7 +78,8 @@ def default_mode_correlations(rmap_img: nb.Nifti1Image,
                               targets: Mapping[str, Sequence[float]] | None = None,
                               reference_sites: Mapping[str, Sequence[float]] | None = None,
                               rois: Mapping[str, Mapping[str, Any]] | None = None,
-                              radius_mm: float = DMN_ROI_RADIUS_MM) -> dict[str, Any]:
+                              radius_mm: float = DMN_ROI_RADIUS_MM,
+                              space: str = "MNI152NLin2009cAsym") -> dict[str, Any]:
     """The seed map's correlation in the default-mode ROIs, and r at the targets and sites.
 
     Parameters
@@ -111,7 +112,7 @@ def default_mode_correlations(rmap_img: nb.Nifti1Image,
     valid = np.isfinite(data) & (data != 0)
     brain_r = data[valid]
     out: dict[str, Any] = {
-        "space": "MNI152NLin2009cAsym", "convention": "RAS+ mm", "radius_mm": float(radius_mm),
+        "space": space, "convention": "RAS+ mm", "radius_mm": float(radius_mm),
         "brain_mean_r": round(float(brain_r.mean()), 4) if brain_r.size else None,
         "brain_median_r": round(float(np.median(brain_r)), 4) if brain_r.size else None,
         "rois": {}, "targets": {}, "reference_sites": {},

@@ -105,7 +105,7 @@ def fig_to_base64(fig: Any) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def template_image() -> tuple[nb.Nifti1Image, str]:
+def template_image(space: str = MNI_SPACE) -> tuple[nb.Nifti1Image, str]:
     """Background MNI template for figures, from files on disk only (never downloaded).
 
     nilearn's bundled MNI ICBM152 2009 T1 template is used when it loads offline; otherwise the
@@ -121,7 +121,7 @@ def template_image() -> tuple[nb.Nifti1Image, str]:
         aff[:3, :3] *= 2.0  # every other voxel: a 2 mm display copy, no resampling cost
         img = nb.Nifti1Image(np.asarray(full.dataobj)[::2, ::2, ::2], aff)
         return img, ("nilearn's bundled MNI ICBM152 2009 T1 template (display only; coordinates "
-                     f"are {MNI_SPACE})")
+                     f"are {space})")
     except (OSError, ValueError, nb.filebasedimages.ImageFileError):  # pragma: no cover
         p = Path(__file__).parent / "data" / "tpl-MNI152NLin2009cAsym_res-02_desc-brain_mask.nii.gz"
         return nb.load(p), f"{MNI_SPACE} brain mask (shipped with tmstarget)"
@@ -518,15 +518,29 @@ def _warnings(tj: Mapping[str, Any], qc: Mapping[str, Any], reliability: Sequenc
 
 
 def _default_mode(rimg: nb.Nifti1Image, targets: Mapping[str, Mapping[str, Any]],
-                  refs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
-    """:func:`tmstarget.physiology.default_mode_correlations` for the report (None on error)."""
+                  refs: Mapping[str, Mapping[str, Any]],
+                  space: str = MNI_SPACE) -> dict[str, Any] | None:
+    """:func:`tmstarget.physiology.default_mode_correlations` for the report (None on error).
+
+    Without computed reference sites the published sites are used, in ``space`` (the data's).
+    """
     from .physiology import default_mode_correlations
 
     try:
+        if refs:
+            sites = {n: (s["x"], s["y"], s["z"]) for n, s in refs.items()}
+        elif space == MNI_SPACE:
+            sites = {n: tuple(v) for n, v in REFERENCE_TARGETS_MM.items()}
+        else:
+            from .regions import PUBLISHED_SITES
+            from .spaces import convert_points
+
+            sites = {n: tuple(round(float(v), 2) for v in convert_points([c.xyz], c.space,
+                                                                          space)[0])
+                     for n, c in PUBLISHED_SITES.items()}
         return default_mode_correlations(
-            rimg, {m: (t["x"], t["y"], t["z"]) for m, t in targets.items()},
-            {n: (s["x"], s["y"], s["z"]) for n, s in refs.items()}
-            or {n: tuple(v) for n, v in REFERENCE_TARGETS_MM.items()})
+            rimg, {m: (t["x"], t["y"], t["z"]) for m, t in targets.items()}, sites,
+            space=space)
     except Exception as exc:  # noqa: BLE001 - a descriptive section must not kill the report
         return {"error": f"not computed: {exc}"}
 
@@ -784,7 +798,7 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
         refs = {}
 
     # figures
-    tpl_img, tpl_desc = template_image()
+    tpl_img, tpl_desc = template_image(cfg.get("space") or MNI_SPACE)
     figs: dict[str, str] = {}
     figs["fd"] = fig_to_base64(fd_figure([{**q, "bold": q.get("inputs", [{}])[0].get("path")}
                                           for q in qc.get("runs", [])]))
@@ -865,7 +879,7 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
         "data_origin": origin,
         "real_data_caveat": None if simulated else real_data_caveat(
             cfg.get("task"), dq["retained_minutes"], len(runs)),
-        "default_mode": _default_mode(rimg, targets, refs),
+        "default_mode": _default_mode(rimg, targets, refs, cfg.get("space") or MNI_SPACE),
     }
     env = _env()
     html = env.get_template("subject_report.html.j2").render(

@@ -954,8 +954,11 @@ def plan_scalp_rules(model: Any, fwd: Any, inv: Any | None, t1w_info: Any,
                      participant_id: str, session_id: str | None,
                      connectivity: Mapping[str, Any] | None = None,
                      rmap: nb.Nifti1Image | None = None,
-                     t1w_path: str | os.PathLike[str] | None = None) -> ScalpPlan:
+                     t1w_path: str | os.PathLike[str] | None = None,
+                     space_mni: str = "MNI152NLin2009cAsym") -> ScalpPlan:
     """Landmarks, head measurements and every configured scalp-rule target with its coil pose.
+
+    ``space_mni`` is the template of ``fwd``/``inv`` and of the targets (config ``space``).
 
     Parameters
     ----------
@@ -1122,7 +1125,7 @@ def plan_scalp_rules(model: Any, fwd: Any, inv: Any | None, t1w_info: Any,
             "label": METHODS[m][1],
             "scalp_t1w_mm": _v(s), "scalp_mni_mm": _v(scalp_mni),
             "cortical_t1w_mm": _v(cort), "cortical_mni_mm": _v(cort_mni),
-            "space_t1w": "T1w", "space_mni": "MNI152NLin2009cAsym",
+            "space_t1w": "T1w", "space_mni": space_mni,
             "convention": "RAS+ mm (NIfTI world of the named image)",
             "normal_out": _v(n, 5), "scalp_to_cortex_mm": round(float(d_brain), 2),
             "cortical_depth_mm": depth,
@@ -1603,7 +1606,8 @@ def prepare_scalp_rules(model: Any, target_json: Mapping[str, Any], native_recor
                             dict(native_cfg.get("scalp_rules") or {}), native_cfg,
                             participant_id=str(target_json.get("participant_id") or "sub-"),
                             session_id=target_json.get("session_id"), connectivity=prim,
-                            rmap=rimg, t1w_path=t1w)
+                            rmap=rimg, t1w_path=t1w,
+                            space_mni=str(target_json.get("space") or "MNI152NLin2009cAsym"))
     plan.record["seed_map"] = (None if rpath is None else
                                {"path": str(ref.get("path") or rpath),
                                 "sha256": ref.get("sha256")})

@@ -195,7 +195,7 @@ def _load_search_region(search: Mapping[str, Any], brain_mask: np.ndarray,
                 region |= sphere_mask(brain_mask.shape, affine, c, radius)
             region &= brain_mask
         names = ", ".join(sites or ["BA9", "BA46", "5cm", "F3"])
-        desc = (f"union of {radius:g} mm spheres at {names} (MNI152NLin2009cAsym), within the "
+        desc = (f"union of {radius:g} mm spheres at {names} ({data_space}), within the "
                 f"brain mask" + (", left hemisphere (x < 0)" if search.get("left_only", True) else ""))
         if not region.any():
             raise InputError(None, "the default search region is empty inside this brain mask.",
