@@ -21,9 +21,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("out", type=Path, help="output directory (e.g. data_sample)")
     ap.add_argument("--seed", type=int, default=None, help="master seed (default: built-in)")
     ap.add_argument("--n-volumes", type=int, default=None, help="volumes per run")
+    ap.add_argument("--space", default="MNI152NLin2009cAsym",
+                    choices=["MNI152NLin2009cAsym", "MNI152NLin6Asym"],
+                    help="template of the tree; MNI152NLin6Asym moves the simulation through the "
+                         "shipped transform (tmstarget.simulate_nlin6)")
     args = ap.parse_args(argv)
     kwargs = {k: v for k, v in (("seed", args.seed), ("n_volumes", args.n_volumes)) if v is not None}
-    truth = make_dataset(args.out, clean=True, **kwargs)
+    if args.space == "MNI152NLin6Asym":
+        from tmstarget.simulate_nlin6 import make_dataset_nlin6
+
+        truth = make_dataset_nlin6(args.out, clean=True, **kwargs)
+    else:
+        truth = make_dataset(args.out, clean=True, **kwargs)
     print(truth[["participant_id", "session_id", "x", "y", "z"]].to_string(index=False))
     return 0
 
