@@ -981,7 +981,8 @@ def cohort_report_step(report_jsons: Sequence[str | Path], output_root: str | Pa
     summary = _load_json(summary_json)
     data = {"generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "software_version": __version__, "research_use": RESEARCH_USE,
-            "orientation": ORIENTATION, "simulated": simulated, "space": (unit_data[0].get("space") if unit_data else None) or MNI_SPACE,
+            "orientation": ORIENTATION, "simulated": simulated,
+            "space": (unit_data[0].get("space") if unit_data else None) or MNI_SPACE,
             "builtin_preprocessing": builtin_limits,
             "real_data": any(not d.get("simulated") for d in unit_data),
             "rows": rows, "units": units, "methods": methods,
