@@ -500,3 +500,45 @@ def cohort_table(rows: Sequence[Mapping[str, Any]], key: Sequence[Mapping[str, A
                     "arm": k["arm"] if unblind else k["code"], **{
                         c: v for c, v in r.items() if c not in ("participant_id", "arm")}})
     return sorted(out, key=lambda r: (str(r["arm"]), r["participant_id"]))
+
+
+# ------------------------------------------------------------------------------------------
+# Workflow step
+# ------------------------------------------------------------------------------------------
+
+
+def arm_source_desc(method: str) -> str:
+    """``desc-`` label of the native export that holds an arm's pose (``target`` or a scalp rule)."""
+    from .scalp import METHODS
+
+    return METHODS[method][0] if method in METHODS else "target"
+
+
+def blinded_step(coilpose_json: str | os.PathLike[str], t1w: str | os.PathLike[str],
+                 output_dir: str | os.PathLike[str], participant_id: str,
+                 session_id: str | None, code: str, arm: str, method: str,
+                 unblinded_json: str | os.PathLike[str], sphere_radius_mm: float = 5.0,
+                 localite_space: str = "RAS") -> dict[str, Any]:
+    """Blinded files of one participant, and the unblinded record of what they hold."""
+    try:
+        rec = json.loads(Path(coilpose_json).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(coilpose_json, f"cannot read the arm's coil pose ({exc}).",
+                         "Rerun the native step.") from exc
+    pose = pose_from_record(rec)
+    files = write_blinded(pose, t1w, output_dir, participant_id, session_id, code,
+                          sphere_radius_mm=sphere_radius_mm, localite_space=localite_space)
+    root = Path(output_dir)
+    out = {
+        "participant_id": f"sub-{participant_id}", "session_id": session_id and f"ses-{session_id}",
+        "allocation_code": code, "arm": arm, "method": method,
+        "source_export": str(Path(coilpose_json).resolve().relative_to(root.resolve()))
+        if Path(coilpose_json).resolve().is_relative_to(root.resolve()) else str(coilpose_json),
+        "source_name": rec.get("name"),
+        "target_mm_blinded": [round(float(v), POSITION_DECIMALS) for v in pose.target_mm],
+        "blinded_files": {k: str(p.relative_to(root)) for k, p in files.items()},
+        "note": "UNBLINDED: keep away from the technician (OUTPUT_DIR/unblinded/).",
+    }
+    Path(unblinded_json).parent.mkdir(parents=True, exist_ok=True)
+    nav._atomic_write_bytes(unblinded_json, (json.dumps(out, indent=2) + "\n").encode("utf-8"))
+    return out
