@@ -302,7 +302,6 @@ def _technician_text(pid: str, ses: str | None, code: str, pose: nav.CoilPose,
     lines = [
         "tmstarget blinded technician sheet (research use only; not a medical device)",
         f"Participant: sub-{pid}" + (f"  Session: ses-{ses}" if ses else ""),
-        f"Allocation code: {code}",
         f"Image: {pose.image_name} (sha256 {pose.image_sha256})",
         f"Target (RAS mm, T1w world): {t[0]:.2f} {t[1]:.2f} {t[2]:.2f}",
         f"Entry (RAS mm, T1w world): {e[0]:.2f} {e[1]:.2f} {e[2]:.2f}",
@@ -325,7 +324,8 @@ def write_blinded(pose: nav.CoilPose, t1w_path: str | os.PathLike[str],
     Everything is rendered by the low-level writers of :mod:`tmstarget.navigation` with the
     neutral name ``"Target"`` and neutral point descriptions, into
     ``OUTPUT_DIR/blinded/sub-X[/ses-Y]/``; nothing names the arm, method or any statistic.
-    ``code`` is the neutral allocation code (shown on the sheet).
+    ``code`` (the neutral allocation code) is *not* written: a technician who saw codes could
+    group participants by arm; it goes to the unblinded record only.
     """
     bp = blinded_pose(pose)
     img, _ = nav._load_matching_t1w(bp, t1w_path)
@@ -348,7 +348,7 @@ def write_blinded(pose: nav.CoilPose, t1w_path: str | os.PathLike[str],
         participant_id, session_id, code, bp, names).encode("utf-8")
     rendered["technician_json"] = (json.dumps({
         "participant_id": f"sub-{participant_id}", "session_id": session_id and f"ses-{session_id}",
-        "allocation_code": code, "name": BLINDED_NAME, "space": bp.space,
+        "name": BLINDED_NAME, "space": bp.space,
         "image_name": bp.image_name, "image_sha256": bp.image_sha256,
         "target_mm": [round(float(v), POSITION_DECIMALS) for v in bp.target_mm],
         "entry_mm": [round(float(v), POSITION_DECIMALS) for v in bp.entry_mm],
