@@ -264,3 +264,20 @@ def test_cohort_table_blinded_until_unblinded() -> None:
     assert [r["arm"] for r in blind] == ["A", "B"]
     assert not {"scalp", "connectivity"} & {str(v) for r in blind for v in r.values()}
     assert {r["arm"] for r in trial.cohort_table(rows, key, unblind=True)} == set(ARMS.keys())
+
+
+# ------------------------------------------------------------------------------------------
+# workflow refusals (dry runs)
+# ------------------------------------------------------------------------------------------
+
+
+def test_dry_run_refuses_an_arm_that_is_not_exported(tmp_path: Path) -> None:
+    from test_workflow_dryrun import dry_run, make_tree
+
+    src = make_tree(tmp_path / "fmriprep", {"01": {None: [None]}})
+    res = dry_run(src, tmp_path / "out", {"trial": {
+        "enabled": True, "arms": {"a": "classic", "b": "beam_f3"}, "seed": 1}})
+    assert res.returncode != 0
+    assert "trial arm a: method classic is not the exported connectivity method" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "out" / "unblinded").exists()
