@@ -15,10 +15,12 @@ configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/targets.smk"
 include: "workflow/rules/native.smk"
+include: "workflow/rules/trial.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         get_final_outputs(),
+        get_trial_outputs(),
     default_target: True

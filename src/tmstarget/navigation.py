@@ -942,7 +942,9 @@ def write_ant_mrk(pose: CoilPose, path: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def _render_slicer_json(pose: CoilPose) -> bytes:
+def _render_slicer_json(
+    pose: CoilPose, descriptions: tuple[str, str] | None = None, markup_description: str | None = None
+) -> bytes:
     orient = [float(v) for v in pose.matrix[:3, :3].reshape(-1)]  # row-major; columns = axes
 
     def cp(idx: int, label: str, pos: np.ndarray, desc: str) -> dict[str, Any]:
@@ -959,6 +961,11 @@ def _render_slicer_json(pose: CoilPose) -> bytes:
             "positionStatus": "defined",
         }
 
+    tdesc, edesc = descriptions or (
+        "cortical target; coil orientation (columns x, y away from handle, "
+        f"z into head); {pose.provenance}",
+        f"scalp entry; {pose.provenance}",
+    )
     doc = {
         "@schema": _SLICER_SCHEMA,
         "markups": [
@@ -967,18 +974,12 @@ def _render_slicer_json(pose: CoilPose) -> bytes:
                 "coordinateSystem": "RAS",
                 "coordinateUnits": "mm",
                 "name": pose.name,
-                "description": pose.provenance,
+                "description": pose.provenance if markup_description is None else markup_description,
                 "locked": True,
                 "labelFormat": "%N-%d",
                 "controlPoints": [
-                    cp(
-                        1,
-                        pose.name,
-                        pose.target_mm,
-                        "cortical target; coil orientation (columns x, y away from handle, "
-                        f"z into head); {pose.provenance}",
-                    ),
-                    cp(2, f"{pose.name} entry", pose.entry_mm, f"scalp entry; {pose.provenance}"),
+                    cp(1, pose.name, pose.target_mm, tdesc),
+                    cp(2, f"{pose.name} entry", pose.entry_mm, edesc),
                 ],
             }
         ],
@@ -998,7 +999,7 @@ def write_slicer_markups_json(pose: CoilPose, path: str | os.PathLike[str]) -> P
     return _atomic_write_bytes(path, _render_slicer_json(pose))
 
 
-def _render_fcsv(pose: CoilPose) -> bytes:
+def _render_fcsv(pose: CoilPose, descriptions: tuple[str, str] | None = None) -> bytes:
     buf = io.StringIO()
     buf.write("# Markups fiducial file version = 4.11\n")
     buf.write("# CoordinateSystem = RAS\n")
@@ -1006,9 +1007,14 @@ def _render_fcsv(pose: CoilPose) -> bytes:
     w = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
     prov = _line_field(pose.provenance)
     name = _line_field(pose.name)
+    tdesc, edesc = (
+        (_line_field(descriptions[0]), _line_field(descriptions[1]))
+        if descriptions
+        else (f"cortical target; {prov}", f"scalp entry; {prov}")
+    )
     for idx, label, pos, desc in (
-        (1, name, pose.target_mm, f"cortical target; {prov}"),
-        (2, f"{name} entry", pose.entry_mm, f"scalp entry; {prov}"),
+        (1, name, pose.target_mm, tdesc),
+        (2, f"{name} entry", pose.entry_mm, edesc),
     ):
         w.writerow(
             [idx, _fmt(pos[0]), _fmt(pos[1]), _fmt(pos[2]), 0, 0, 0, 1, 1, 1, 1, label, desc, ""]

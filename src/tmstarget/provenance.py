@@ -56,6 +56,7 @@ RULE_CONFIG: dict[str, tuple[str, ...]] = {
                         "reproducibility.bootstrap_seed", "seed", "search", "target", "space"),
     "native": ("native",),
     "native_hotspot": ("native",),
+    "trial_blinded": ("trial.arms", "native.sphere_radius_mm", "native.localite_space"),
     "aggregate": (ALL,),
     "report": (ALL,),
     "cohort_report": (),
@@ -72,11 +73,16 @@ RULE_CONFIG: dict[str, tuple[str, ...]] = {
 PLANNING_ONLY: frozenset[str] = frozenset({
     "fmriprep_dir", "output_dir", "participant_label", "exclude_participants", "task", "space",
     "res", "native.enabled", "reproducibility.enabled", "bids_dir", "preprocessing.method",
+    # trial mode: the allocation is made when the workflow is planned (workflow/rules/trial.smk)
+    # and reaches rule trial_blinded as its params (code, arm), which Snakemake follows
+    "trial.enabled", "trial.allocation_file", "trial.seed", "trial.block_size",
+    "trial.engagement",
 })
 
 #: Keys that only shape the cohort tables (rule ``aggregate``) and the reports: changing one
 #: rebuilds those and nothing else.
 REPORT_ONLY: frozenset[str] = frozenset({
+    "trial.engagement_radius_mm", "trial.unblind",
     "reproducibility.max_bootstrap_radius_mm", "reproducibility.max_split_half_ratio",
 })
 
