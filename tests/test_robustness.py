@@ -235,8 +235,9 @@ CHANGES = {
                        {"target", "native", "aggregate", "report", "cohort_report"}),
     "native.localite_space": ("native:\n  localite_space: LPS\n",
                               {"native", "aggregate", "report", "cohort_report"}),
+    # the search region is cut to this depth below the scalp before choosing (target)
     "native.max_depth_mm": ("native:\n  max_depth_mm: 80\n",
-                            {"native", "aggregate", "report", "cohort_report"}),
+                            {"target", "native", "aggregate", "report", "cohort_report"}),
     "reproducibility.max_bootstrap_radius_mm (report-only)": (
         "reproducibility:\n  max_bootstrap_radius_mm: 7\n",
         {"aggregate", "report", "cohort_report"}),
