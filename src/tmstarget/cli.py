@@ -78,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Snakemake profile folder (e.g. profiles/local); default profiles/local")
     p.add_argument("--stop-on-error", action="store_true",
                    help="stop at the first failing participant (default: keep going with the others)")
+    p.add_argument("--verbose", action="store_true",
+                   help="print Snakemake's full output (job blocks) on the terminal; by default "
+                        "it goes to OUTPUT_DIR/logs/tmstarget/ and the terminal shows progress, "
+                        "each error once and a closing summary")
     p.add_argument("--version", action="version", version=f"tmstarget {__version__}")
     return p
 
@@ -343,8 +347,19 @@ def _run(args: argparse.Namespace, extra: Sequence[str], cmd: list[str], overrid
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(WORKFLOW_ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    env.pop("TMSTARGET_LOG_FILE", None)
+    if not args.verbose:  # Snakemake's full output to a log file, the readable lines here
+        import time
+
+        logdir = out / "logs" / "tmstarget"
+        logdir.mkdir(parents=True, exist_ok=True)
+        env["TMSTARGET_LOG_FILE"] = str(
+            logdir / time.strftime("%Y%m%dT%H%M%SZ_snakemake.log", time.gmtime()))
+    dry = any(a in ("-n", "--dry-run", "--dryrun") for a in extra)
     if stage1_line is None:
-        return run_owned(cmd, env, lock)
+        rc = run_owned(cmd, env, lock)
+        _print_summary(args, src, out, rc, dry)
+        return rc
     assert stage1_dir is not None
     # raw BIDS: stage 1 (fMRIPrep container, workflow/fmriprep.smk), then the main workflow
     print(stage1_line, file=sys.stderr, flush=True)
@@ -359,7 +374,33 @@ def _run(args: argparse.Namespace, extra: Sequence[str], cmd: list[str], overrid
         return rc1
     print(f"[tmstarget] stage 2: targets from {stage1_dir}", file=sys.stderr, flush=True)
     rc2 = run_owned(cmd, env, lock)
+    _print_summary(args, src, out, rc1 or rc2, dry)
     return rc1 or rc2
+
+
+def covered_participants(src: Path, labels: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """Bare labels this run covers: the given ones, or every ``sub-*`` of the input; minus
+    the excluded ones."""
+    from .discover import normalise_labels
+
+    wanted = normalise_labels(labels) or sorted(
+        d.name[4:] for d in src.glob("sub-*") if d.is_dir())
+    excluded = set(normalise_labels(exclude))
+    return [s for s in wanted if s not in excluded]
+
+
+def _print_summary(args: argparse.Namespace, src: Path, out: Path, rc: int, dry: bool) -> None:
+    """The closing summary of a finished (not dry) run, read from the output files."""
+    if dry:
+        return
+    from .terminal import closing_summary
+
+    lines = closing_summary(out, covered_participants(src, args.participant_label,
+                                                      args.exclude_label))
+    if rc != 0 and lines:
+        lines[0] = "[tmstarget] summary (the run had errors, see above):"
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover
