@@ -198,3 +198,30 @@ def test_closing_summary_reads_the_output_files(tmp_path):
     assert lines[3].startswith("  sub-05: no target written")
     assert lines[4] == f"  cohort report: {out}/cohort_report.html"
     assert not any("sub-04" in ln for ln in lines)
+
+
+def test_workflow_error_printed_once_with_log_and_summary(tmp_path):
+    import nibabel as nb
+    import numpy as np
+    from test_bad_inputs import copy_sample_participant
+
+    src = copy_sample_participant(tmp_path / "fmriprep")
+    cfg = tmp_path / "fast.yaml"
+    cfg.write_text("reproducibility:\n  enabled: false\n")
+    bold = next((src / "sub-01" / "func").glob("*_desc-preproc_bold.nii.gz"))
+    img = nb.load(bold)
+    nb.save(nb.Nifti1Image(np.asarray(img.dataobj)[..., 0], img.affine, img.header), bold)
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, "-m", "tmstarget.cli", str(src), str(out),
+                          "participant", "--configfile", str(cfg), "--cores", "1"],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode != 0
+    (line,) = _errors(res.stderr)
+    assert bold.name in line and "must be 4D" in line
+    logs = list((out / "logs" / "tmstarget").glob("*_snakemake.log"))
+    assert len(logs) == 1 and line in logs[0].read_text()  # the full output kept on disk
+    assert f"[tmstarget] full Snakemake output: {logs[0]}" in res.stderr
+    assert any(ln.startswith("[tmstarget] step denoise_run") and "its log:" in ln
+               for ln in res.stderr.splitlines())
+    assert "  sub-01: no target written" in res.stderr
+    assert "jobid:" not in res.stderr and "Traceback" not in res.stderr
