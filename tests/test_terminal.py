@@ -225,3 +225,27 @@ def test_workflow_error_printed_once_with_log_and_summary(tmp_path):
                for ln in res.stderr.splitlines())
     assert "  sub-01: no target written" in res.stderr
     assert "jobid:" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_dry_run_plan_of_the_preprocessing_stage():
+    filt = LogFilter()
+    for line in ["Job stats:", "job              count", "builtin_preproc      2", "all  1",
+                 "total  3", "", "rule builtin_preproc:", "    wildcards: participant=01",
+                 "rule builtin_preproc:", "    wildcards: participant=02",
+                 "This was a dry-run (flag -n)."]:
+        filt.feed(line)
+    lines = filt.closing(None, 0)
+    assert lines[1].startswith("  participants to preprocess: 2 (sub-01, sub-02)")
+    assert lines[-1] == "  steps: 2 (builtin_preproc 2)"
+
+
+def test_builtin_stage_progress_goes_to_the_log(capsys):
+    from tmstarget import builtin
+
+    builtin._PROGRESS.update(who="sub-01", start=0.0)
+    try:
+        builtin._begin("t1w_n4")
+    finally:
+        builtin._PROGRESS.update(who="", start=None)
+    err = capsys.readouterr().err
+    assert "[tmstarget] built-in preprocessing sub-01: t1w_n4 (elapsed " in err

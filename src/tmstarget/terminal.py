@@ -46,6 +46,7 @@ class LogFilter:
         self.dry_run = False
         self.nothing_to_do = False
         self.seen_error = False
+        self.preproc: set[str] = set()  # participants stage 1 would preprocess
         self.tail: deque[str] = deque(maxlen=25)  # last lines, shown for an unknown failure
 
     def _once(self, line: str) -> list[str]:
@@ -95,7 +96,10 @@ class LogFilter:
         if fm and fm.group(1) == "wildcards" and self._rule in ("denoise_run", "builtin_preproc",
                                                                 "fmriprep"):
             ents = dict(_ENTITY.findall(fm.group(2)))
-            if "sub" in ents:
+            pm = re.search(r"\bparticipant=([A-Za-z0-9]+)", fm.group(2))
+            if pm:  # stage 1 (preprocessing): one job per participant
+                self.preproc.add(pm.group(1))
+            elif "sub" in ents:
                 self.units.add((ents["sub"], ents.get("ses", ""), ents.get("run", "")))
         if text.startswith("This was a dry-run"):
             self.dry_run = True
@@ -120,25 +124,35 @@ class LogFilter:
             out += self._once(f"[tmstarget] step {rule}{where} failed"
                               + (f"; its log: {log}" if log else ""))
         if self.dry_run:
-            out += plan_summary(self.units, self.jobs)
+            out += plan_summary(self.units, self.jobs, self.preproc)
         if log_file is not None and (rc != 0 or self.failed or self.dry_run):
             out.append(f"[tmstarget] full Snakemake output: {log_file}")
         return out
 
 
-def plan_summary(units: Iterable[tuple[str, str, str]], jobs: Counter[str]) -> list[str]:
-    """A dry run's plan in a few lines: participants, sessions, runs, steps by rule."""
+def plan_summary(units: Iterable[tuple[str, str, str]], jobs: Counter[str],
+                 preproc: Iterable[str] = ()) -> list[str]:
+    """A dry run's plan in a few lines: participants, sessions, runs, steps by rule.
+
+    ``preproc``: participants the preprocessing stage would run (their sessions and runs are
+    planned once it has run).
+    """
     units = sorted(set(units))
     subs = sorted({u[0] for u in units})
     sessions = sorted({(u[0], u[1]) for u in units})
+    pre = sorted(set(preproc))
     lines = ["[tmstarget] plan (dry run, nothing was run):"]
+    if pre:
+        lines.append(f"  participants to preprocess: {len(pre)} ("
+                     + ", ".join("sub-" + s for s in pre) + "); their sessions and runs are "
+                     "planned once preprocessing has run")
     if units:
         lines.append(f"  participants: {len(subs)} ({', '.join('sub-' + s for s in subs)})")
         lines.append(f"  sessions: {len(sessions)} ("
                      + ", ".join(f"sub-{s}" + (f" ses-{e}" if e else "") for s, e in sessions)
                      + ")")
         lines.append(f"  runs: {len(units)}")
-    else:
+    elif not pre:
         lines.append("  participants: none with a step to run (outputs up to date, or only "
                      "later stages planned)")
     total = sum(jobs.values())
