@@ -243,8 +243,7 @@ def _check_input(src: Path, cfg: dict[str, Any], labels: Sequence[str],
                              "path (an fMRIPrep derivatives folder or a raw BIDS dataset).")
     found = sorted(d.name[4:] for d in src.glob("sub-*") if d.is_dir())
     if not found:
-        raise TmsTargetError(f"{src}: no sub-* participant folders found. What to do: point "
-                             "tmstarget at fMRIPrep's output folder or a raw BIDS dataset.")
+        return  # no sub-* folder at all: the workflow says what it looked for
     for what, given in (("--participant-label", labels), ("--exclude-label", exclude)):
         missing = [s for s in normalise_labels(given) if s not in found]
         if missing:
