@@ -19,8 +19,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from typing import Any
+
+from tmstarget.terminal import LogFilter
 
 
 def group_members(pgid: int) -> set[int] | None:
@@ -82,7 +85,17 @@ def main(argv: list[str]) -> int:
     keep = (int(lock_fd),) if lock_fd.isdigit() else ()
     if sent:  # stopped before Snakemake started
         return 128 + sent[0]
-    proc = subprocess.Popen(cmd, pass_fds=keep)  # Snakemake holds the folder's lock too
+    log_file = os.environ.get("TMSTARGET_LOG_FILE") or None
+    if log_file is None:  # everything on the terminal, as Snakemake prints it
+        proc = subprocess.Popen(cmd, pass_fds=keep)  # Snakemake holds the folder's lock too
+        reader = None
+    else:  # the full output to the log file, the lines a person reads to the terminal
+        proc = subprocess.Popen(cmd, pass_fds=keep, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace",
+                                bufsize=1)
+        filt = LogFilter()
+        reader = threading.Thread(target=_pump, args=(proc, filt, log_file), daemon=True)
+        reader.start()
     if sent:  # stopped while it started
         stop()
     while True:
@@ -92,7 +105,27 @@ def main(argv: list[str]) -> int:
         except subprocess.TimeoutExpired:
             if os.getppid() != parent and not sent:
                 to_group(signal.SIGTERM)  # tmstarget is gone (killed): stop the whole run
-    return rc if rc >= 0 else 128 - rc
+    rc = rc if rc >= 0 else 128 - rc
+    if reader is not None:
+        reader.join(timeout=10)
+        for line in filt.closing(log_file, rc):
+            print(line, file=sys.stderr, flush=True)
+        if rc != 0 and not filt.seen_error and not filt.failed and not sent:
+            # an error we do not recognise: show the end of Snakemake's own output
+            for line in filt.tail:
+                print(line, file=sys.stderr, flush=True)
+    return rc
+
+
+def _pump(proc: subprocess.Popen, filt: LogFilter, log_file: str) -> None:
+    """Copy Snakemake's output to ``log_file`` and its readable lines to the terminal."""
+    assert proc.stdout is not None
+    with open(log_file, "a", encoding="utf-8") as log:
+        for line in proc.stdout:
+            log.write(line)
+            log.flush()
+            for shown in filt.feed(line):
+                print(shown, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

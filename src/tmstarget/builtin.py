@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -88,11 +89,32 @@ DEFAULTS: dict[str, Any] = {
 CURRENT_STAGE: str = ""
 
 
+#: What is being preprocessed (``sub-01``, ``sub-01 run task-rest_run-1``) and since when,
+#: for the progress lines.
+_PROGRESS: dict[str, Any] = {"who": "", "start": None}
+
+
 def _begin(stage: str) -> float:
-    """Publish the stage starting now in :data:`CURRENT_STAGE`; its start time."""
+    """Publish the stage starting now in :data:`CURRENT_STAGE`; its start time.
+
+    A progress line (stage, time since the participant started) goes to the step's log
+    (``sys.stderr`` is redirected there by :func:`tmstarget.smk.run_step`) and to the terminal.
+    """
     global CURRENT_STAGE
     CURRENT_STAGE = stage
-    return time.perf_counter()
+    now = time.perf_counter()
+    if _PROGRESS["start"] is not None:
+        el = int(now - _PROGRESS["start"])
+        line = (f"[tmstarget] built-in preprocessing {_PROGRESS['who']}: {stage} "
+                f"(elapsed {el // 60:d}:{el % 60:02d})")
+        streams = [sys.stderr] + ([sys.__stderr__] if sys.__stderr__ not in (None, sys.stderr)
+                                  else [])
+        for stream in streams:
+            try:
+                print(line, file=stream, flush=True)
+            except (OSError, ValueError):  # pragma: no cover - no terminal left
+                pass
+    return now
 
 
 def builtin_available() -> bool:
@@ -986,6 +1008,7 @@ def preprocess_participant(bids_dir: str | os.PathLike[str], out_root: str | os.
     bids_dir, out_root = Path(bids_dir), Path(out_root)
     write_dataset_description(out_root, bids_dir)
     sub_out = out_root / f"sub-{participant}"
+    _PROGRESS.update(who=f"sub-{participant}", start=time.perf_counter())
     runs = _runs(bids_dir, participant, task)
     if not runs:
         raise InputError(bids_dir / f"sub-{participant}", f"no task-{task} BOLD run.",

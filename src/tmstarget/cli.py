@@ -5,8 +5,10 @@
               [any snakemake option, e.g. --dry-run]
 
 Everything after the known options is passed to Snakemake unchanged. With a raw BIDS dataset
-as input, fMRIPrep is first run from a container (``workflow/fmriprep.smk``, stage 1) into
-``OUTPUT_DIR/sourcedata/fmriprep``, which the workflow then reads (stage 2).
+as input, it is first preprocessed (stage 1) by the built-in ANTsPy path into
+``OUTPUT_DIR/sourcedata/builtin`` (the default), or, when ``preprocessing.fmriprep_image`` is
+set, by fMRIPrep from a container (``workflow/fmriprep.smk``) into
+``OUTPUT_DIR/sourcedata/fmriprep``; the workflow then reads that folder (stage 2).
 """
 
 from __future__ import annotations
@@ -54,12 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tmstarget",
         description="Personalized sgACC-anticorrelated left-DLPFC TMS targets from fMRIPrep "
                     "derivatives. Research use only; not a medical device (see SAFETY.md). "
-                    "Unknown options are passed to Snakemake.",
+                    "Unknown options are passed to Snakemake (e.g. -n / --dry-run: show the "
+                    "plan and a summary of it, run nothing).",
     )
     p.add_argument("fmriprep_dir",
                    help="fMRIPrep derivatives folder (with dataset_description.json), or a raw "
-                        "BIDS dataset: fMRIPrep is then run first from the container image in "
-                        "preprocessing.fmriprep_image (see README)")
+                        "BIDS dataset: it is then preprocessed first by the built-in ANTsPy path "
+                        "(the default), or by fMRIPrep from the container image in "
+                        "preprocessing.fmriprep_image when that is set (see README)")
     p.add_argument("output_dir", help="output folder (BIDS derivatives); must not be inside the input")
     p.add_argument("analysis_level", choices=["participant"],
                    help="'participant': targets for each participant, plus the cohort table")
@@ -74,6 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Snakemake profile folder (e.g. profiles/local); default profiles/local")
     p.add_argument("--stop-on-error", action="store_true",
                    help="stop at the first failing participant (default: keep going with the others)")
+    p.add_argument("--verbose", action="store_true",
+                   help="print Snakemake's full output (job blocks) on the terminal; by default "
+                        "it goes to OUTPUT_DIR/logs/tmstarget/ and the terminal shows progress, "
+                        "each error once and a closing summary")
     p.add_argument("--version", action="version", version=f"tmstarget {__version__}")
     return p
 
@@ -210,6 +218,41 @@ def _check_writable(out: Path) -> None:
                              "permissions.") from None
 
 
+def _check_config(cfg: dict[str, Any], configfiles: Sequence[str]) -> None:
+    """Refuse a configuration with problems, one line each, before anything is written."""
+    from .configcheck import config_problems
+
+    problems = config_problems(cfg)
+    if problems:
+        files = ", ".join(configfiles) or "config/config.yaml"
+        raise TmsTargetError("\ntmstarget ERROR: ".join(problems)
+                             + f"\n(config read from {files}; nothing was run or written)")
+
+
+def _check_input(src: Path, cfg: dict[str, Any], labels: Sequence[str],
+                 exclude: Sequence[str]) -> None:
+    """Refuse a missing input folder or a participant label it does not hold, fast.
+
+    Only the ``sub-*`` folders are listed (no BIDS indexing), so the refusal takes well under
+    a second and nothing is written.
+    """
+    from .discover import normalise_labels
+
+    if not src.is_dir():
+        raise TmsTargetError(f"{src}: the input folder does not exist. What to do: check the "
+                             "path (an fMRIPrep derivatives folder or a raw BIDS dataset).")
+    found = sorted(d.name[4:] for d in src.glob("sub-*") if d.is_dir())
+    if not found:
+        return  # no sub-* folder at all: the workflow says what it looked for
+    for what, given in (("--participant-label", labels), ("--exclude-label", exclude)):
+        missing = [s for s in normalise_labels(given) if s not in found]
+        if missing:
+            raise TmsTargetError(
+                f"{src}: participant(s) {', '.join('sub-' + s for s in missing)} not found "
+                f"(found: {', '.join('sub-' + s for s in found)}). What to do: check "
+                f"{what}.")
+
+
 def _acquire_output_lock(out: Path) -> RunLock | None:
     """Take the output folder for this run (:class:`tmstarget.runlock.RunLock`).
 
@@ -248,6 +291,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     try:
         src, out = check_paths(args.fmriprep_dir, args.output_dir)
         cfg = load_config(args.configfile)
+        _check_config(cfg, args.configfile)
+        _check_input(src, cfg, args.participant_label, args.exclude_label)
         task_line = _auto_task(src, cfg, args.configfile)
         try:
             kind = detect_input(src, str(cfg.get("task", "rest")))
@@ -301,8 +346,19 @@ def _run(args: argparse.Namespace, extra: Sequence[str], cmd: list[str], overrid
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [str(WORKFLOW_ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    env.pop("TMSTARGET_LOG_FILE", None)
+    if not args.verbose:  # Snakemake's full output to a log file, the readable lines here
+        import time
+
+        logdir = out / "logs" / "tmstarget"
+        logdir.mkdir(parents=True, exist_ok=True)
+        env["TMSTARGET_LOG_FILE"] = str(
+            logdir / time.strftime("%Y%m%dT%H%M%SZ_snakemake.log", time.gmtime()))
+    dry = any(a in ("-n", "--dry-run", "--dryrun") for a in extra)
     if stage1_line is None:
-        return run_owned(cmd, env, lock)
+        rc = run_owned(cmd, env, lock)
+        _print_summary(args, src, out, rc, dry)
+        return rc
     assert stage1_dir is not None
     # raw BIDS: stage 1 (fMRIPrep container, workflow/fmriprep.smk), then the main workflow
     print(stage1_line, file=sys.stderr, flush=True)
@@ -317,7 +373,33 @@ def _run(args: argparse.Namespace, extra: Sequence[str], cmd: list[str], overrid
         return rc1
     print(f"[tmstarget] stage 2: targets from {stage1_dir}", file=sys.stderr, flush=True)
     rc2 = run_owned(cmd, env, lock)
+    _print_summary(args, src, out, rc1 or rc2, dry)
     return rc1 or rc2
+
+
+def covered_participants(src: Path, labels: Sequence[str], exclude: Sequence[str]) -> list[str]:
+    """Bare labels this run covers: the given ones, or every ``sub-*`` of the input; minus
+    the excluded ones."""
+    from .discover import normalise_labels
+
+    wanted = normalise_labels(labels) or sorted(
+        d.name[4:] for d in src.glob("sub-*") if d.is_dir())
+    excluded = set(normalise_labels(exclude))
+    return [s for s in wanted if s not in excluded]
+
+
+def _print_summary(args: argparse.Namespace, src: Path, out: Path, rc: int, dry: bool) -> None:
+    """The closing summary of a finished (not dry) run, read from the output files."""
+    if dry:
+        return
+    from .terminal import closing_summary
+
+    lines = closing_summary(out, covered_participants(src, args.participant_label,
+                                                      args.exclude_label))
+    if rc != 0 and lines:
+        lines[0] = "[tmstarget] summary (the run had errors, see above):"
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,6 +6,7 @@ import contextlib
 import errno
 import logging
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -45,9 +46,14 @@ def run_step(smk: Any, func: Callable[..., Any], **kwargs: Any) -> Any:
             log_path = None
     logging.basicConfig(stream=stream, level=logging.INFO, force=True)
     logging.captureWarnings(True)
+    what = _step_name(smk)
+    t0 = time.perf_counter()
+    _write_log(stream, f"tmstarget: {what}: started", log_path)
     try:
         with contextlib.redirect_stderr(stream):
             result = func(**kwargs)
+        _write_log(stream, f"tmstarget: {what}: done in {time.perf_counter() - t0:.1f} s; "
+                   f"wrote {_outputs_line(smk)}", log_path)
     except TmsTargetError as exc:
         _fail(f"tmstarget ERROR: {_one_line(exc)}", stream, log_path)
     except KeyboardInterrupt:  # Ctrl-C: the tmstarget command says how to resume, once
@@ -64,6 +70,28 @@ def run_step(smk: Any, func: Callable[..., Any], **kwargs: Any) -> Any:
     finally:
         _close(stream, log_path)
     return result
+
+
+def _step_name(smk: Any) -> str:
+    """``rule target (prefix=sub-01/func/...)``: the step, for its log."""
+    rule = getattr(smk, "rule", None) or "step"
+    try:
+        wc = ", ".join(f"{k}={v}" for k, v in dict(smk.wildcards.items()).items())
+    except (AttributeError, TypeError):
+        wc = ""
+    return f"rule {rule}" + (f" ({wc})" if wc else "")
+
+
+def _outputs_line(smk: Any) -> str:
+    """The step's outputs in a few words (their count and names)."""
+    try:
+        outs = [str(o) for o in smk.output]
+    except (AttributeError, TypeError):
+        return "its outputs"
+    if not outs:
+        return "no output file"
+    names = ", ".join(Path(o).name for o in outs[:4]) + (", ..." if len(outs) > 4 else "")
+    return f"{len(outs)} output{'s' if len(outs) != 1 else ''} ({names})"
 
 
 def _one_line(exc: BaseException) -> str:

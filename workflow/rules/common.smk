@@ -7,18 +7,27 @@ from snakemake.utils import validate
 
 sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 
+from tmstarget.configcheck import config_problems  # noqa: E402
 from tmstarget.errors import TmsTargetError  # noqa: E402
 from tmstarget.inputcheck import image_shape, tsv_cell  # noqa: E402
 from tmstarget.plan import build_plan  # noqa: E402
 from tmstarget.provenance import Stamps, rule_config  # noqa: E402
 
 
-validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
-
 def _fail(message):
     """Stop with one clean line (no traceback): the user needs the problem, not our code."""
     print(f"tmstarget ERROR: {message}", file=sys.stderr, flush=True)
     raise SystemExit(2)
+
+
+# one line per problem (key path, "did you mean", cross-key rules) before Snakemake's own
+# validation, which would print the whole jsonschema dump
+_problems = config_problems(config)
+if _problems:
+    for _p in _problems:
+        print(f"tmstarget ERROR: {_p}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+validate(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))
 
 
 try:
