@@ -79,9 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop-on-error", action="store_true",
                    help="stop at the first failing participant (default: keep going with the others)")
     p.add_argument("--verbose", action="store_true",
-                   help="print Snakemake's full output (job blocks) on the terminal; by default "
-                        "it goes to OUTPUT_DIR/logs/tmstarget/ and the terminal shows progress, "
-                        "each error once and a closing summary")
+                   help="print Snakemake's full output (job blocks, and its own --verbose debug "
+                        "lines such as each sbatch call) on the terminal; by default it goes to "
+                        "OUTPUT_DIR/logs/tmstarget/ and the terminal shows progress, each error "
+                        "once and a closing summary")
     p.add_argument("--version", action="version", version=f"tmstarget {__version__}")
     return p
 
@@ -109,6 +110,8 @@ def build_command(args: argparse.Namespace, extra: Sequence[str]) -> tuple[list[
     cmd += ["--configfile", *files]
     if not args.stop_on_error:
         cmd.append("--keep-going")
+    if args.verbose and "--verbose" not in extra:
+        cmd.append("--verbose")  # Snakemake's debug lines too (e.g. each sbatch call)
     cmd += list(extra)
     return cmd, override
 
