@@ -246,8 +246,10 @@ def compute_confounds(
         _expand(df, name, motion[:, j], order="dp2")
     outliers = np.flatnonzero((np.nan_to_num(fd) > fd_threshold)
                               | (np.nan_to_num(sdv) > dvars_threshold))
-    for i, t in enumerate(outliers):
-        df[f"motion_outlier{i:02d}"] = (np.arange(n_t) == t).astype(float)
+    if len(outliers):  # one concat: a column per outlier would fragment the frame
+        spikes = {f"motion_outlier{i:02d}": (np.arange(n_t) == t).astype(float)
+                  for i, t in enumerate(outliers)}
+        df = pd.concat([df, pd.DataFrame(spikes, index=df.index)], axis=1)
     for name in ["csf", "csf_wm", "global_signal", "tcompcor", "white_matter"]:
         meta[name] = {"Method": "Mean"}
     meta = dict(sorted(meta.items()))
