@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import nibabel as nb
@@ -281,3 +282,72 @@ def test_dry_run_refuses_an_arm_that_is_not_exported(tmp_path: Path) -> None:
     assert "trial arm a: method classic is not the exported connectivity method" in res.stderr
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "out" / "unblinded").exists()
+
+
+def _eng_tree(tmp_path: Path) -> Path:
+    from test_workflow_dryrun import ANAT, make_tree
+
+    from conftest import tiny_file
+
+    src = make_tree(tmp_path / "fmriprep", {
+        "01": {None: [None]},                  # no sessions
+        "02": {"pre": [None]},                 # pre only
+        "03": {"pre": [None], "post": [None]},  # both
+        "04": {"pre": ["1", "2"], "post": [None], "fu": [None]},  # both, two pre runs
+    })
+    for sub in ("01", "02", "03", "04"):
+        d = src / f"sub-{sub}" / "anat"
+        d.mkdir(parents=True)
+        for f in ANAT:
+            tiny_file(d / f.format(p=f"sub-{sub}"))
+    return src
+
+
+ENG_CFG = {"trial": {"enabled": True, "arms": {"connectivity": "cluster", "scalp": "beam_f3"},
+                     "seed": 7, "block_size": 2, "engagement": {"pre": "pre", "post": "post"}}}
+
+
+def test_dry_run_plans_engagement_only_with_both_sessions(tmp_path: Path) -> None:
+    from test_workflow_dryrun import dry_run
+
+    src = _eng_tree(tmp_path)
+    res = dry_run(src, tmp_path / "out", ENG_CFG)
+    assert res.returncode == 0, res.stderr
+    jobs = re.findall(r"^\s*rule trial_engagement:\s*$", res.stdout, re.MULTILINE)
+    assert len(jobs) == 2
+    made = set(re.findall(r"(sub-\d\d/func/sub-\d\d_task-rest_desc-engagement_stat\.tsv)",
+                          res.stdout))
+    assert made == {"sub-03/func/sub-03_task-rest_desc-engagement_stat.tsv",
+                    "sub-04/func/sub-04_task-rest_desc-engagement_stat.tsv"}
+    assert len(re.findall(r"^\s*rule trial_engagement_cohort:\s*$", res.stdout, re.M)) == 1
+    assert "unblinded/trial_engagement.tsv" in res.stdout
+    # the post session's own denoise outputs are reused (one denoise job per run, no extra)
+    assert len(re.findall(r"^\s*rule denoise_run:\s*$", res.stdout, re.M)) == 8
+    # sub-04's pre session has two runs: both feed its engagement job
+    block = res.stdout.split("sub-04_task-rest_desc-engagement_stat.tsv")[0].rsplit(
+        "rule trial_engagement:", 1)[1]
+    assert "sub-04_ses-pre_task-rest_run-1_desc-denoised" in block
+    assert "sub-04_ses-pre_task-rest_run-2_desc-denoised" in block
+    assert "sub-04_ses-post_task-rest_desc-denoised" in block
+    assert "sub-04_ses-pre_task-rest_space-MNI152NLin2009cAsym_desc-target_coords" in block
+    # skipped with a note, not an error
+    assert re.search(r"sub-01: pre/post engagement skipped: no usable ses-pre and ses-post "
+                     r"\(has no sessions\)", res.stderr)
+    assert re.search(r"sub-02: pre/post engagement skipped: no usable ses-post \(has ses-pre\)",
+                     res.stderr)
+    off = dry_run(src, tmp_path / "out2", {"trial": {**ENG_CFG["trial"], "engagement": None}})
+    assert off.returncode == 0, off.stderr
+    assert "trial_engagement" not in off.stdout
+
+
+def test_dry_run_engagement_refusals(tmp_path: Path) -> None:
+    from test_workflow_dryrun import dry_run
+
+    src = _eng_tree(tmp_path)
+    same = dry_run(src, tmp_path / "o1", {"trial": {**ENG_CFG["trial"],
+                                                    "engagement": {"pre": "pre", "post": "pre"}}})
+    assert same.returncode != 0 and "pre and post are the same session" in same.stderr
+    off = dry_run(src, tmp_path / "o2", {"trial": {"engagement": {"pre": "pre", "post": "post"}}})
+    assert off.returncode != 0
+    assert "trial.engagement is set but trial.enabled is false" in off.stderr
+    assert "Traceback" not in same.stderr + off.stderr
