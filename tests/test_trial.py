@@ -294,6 +294,7 @@ def _eng_tree(tmp_path: Path) -> Path:
         "02": {"pre": [None]},                 # pre only
         "03": {"pre": [None], "post": [None]},  # both
         "04": {"pre": ["1", "2"], "post": [None], "fu": [None]},  # both, two pre runs
+        "05": {"pre": [None], "post": [None]},  # both, but no anatomy: not allocated
     })
     for sub in ("01", "02", "03", "04"):
         d = src / f"sub-{sub}" / "anat"
@@ -322,7 +323,7 @@ def test_dry_run_plans_engagement_only_with_both_sessions(tmp_path: Path) -> Non
     assert len(re.findall(r"^\s*rule trial_engagement_cohort:\s*$", res.stdout, re.M)) == 1
     assert "unblinded/trial_engagement.tsv" in res.stdout
     # the post session's own denoise outputs are reused (one denoise job per run, no extra)
-    assert len(re.findall(r"^\s*rule denoise_run:\s*$", res.stdout, re.M)) == 8
+    assert len(re.findall(r"^\s*rule denoise_run:\s*$", res.stdout, re.M)) == 10
     # sub-04's pre session has two runs: both feed its engagement job
     block = res.stdout.split("sub-04_task-rest_desc-engagement_stat.tsv")[0].rsplit(
         "rule trial_engagement:", 1)[1]
@@ -335,6 +336,7 @@ def test_dry_run_plans_engagement_only_with_both_sessions(tmp_path: Path) -> Non
                      r"\(has no sessions\)", res.stderr)
     assert re.search(r"sub-02: pre/post engagement skipped: no usable ses-post \(has ses-pre\)",
                      res.stderr)
+    assert re.search(r"sub-05: pre/post engagement skipped: not allocated", res.stderr)
     off = dry_run(src, tmp_path / "out2", {"trial": {**ENG_CFG["trial"], "engagement": None}})
     assert off.returncode == 0, off.stderr
     assert "trial_engagement" not in off.stdout

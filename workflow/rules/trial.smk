@@ -121,6 +121,11 @@ if _ENG and _TRIAL["enabled"]:
             print(f"[tmstarget] sub-{_p}: pre/post engagement skipped: no usable "
                   f"{' and '.join(_miss)} (has {_got})", file=sys.stderr)
             continue
+        if _p not in _KEY:
+            _why = "not allocated (no anatomy, so no native or blinded target)"
+            _ENG_SKIPPED.append({"participant_id": f"sub-{_p}", "reason": _why})
+            print(f"[tmstarget] sub-{_p}: pre/post engagement skipped: {_why}", file=sys.stderr)
+            continue
         _pre_up, _post_up = _have[_ENG["pre"]], _have[_ENG["post"]]
         _ep = _unit_prefix(_p, None, PLAN.units[_pre_up].task)
         _ENG_UNITS[_ep] = (_p, _pre_up, _post_up)
