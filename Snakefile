@@ -23,4 +23,5 @@ rule all:
     input:
         get_final_outputs(),
         get_trial_outputs(),
+        get_engagement_outputs(),
     default_target: True

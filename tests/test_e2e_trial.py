@@ -74,3 +74,47 @@ def test_rerun_reads_the_key(trial_out: Path) -> None:
     before = key.read_bytes()
     _run(trial_out)
     assert key.read_bytes() == before
+
+
+def test_engagement_for_the_participant_with_both_sessions(trial_out: Path) -> None:
+    """sub-03 (ses-1 pre, ses-2 post) gets the engagement table; sub-01/02 are skipped."""
+    import numpy as np
+
+    base = trial_out / "sub-03" / "func" / "sub-03_task-rest_desc-engagement_stat"
+    with open(f"{base}.tsv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh, delimiter="\t"))
+    assert tuple(row) == trial.ENGAGEMENT_COLUMNS
+    assert (row["pre_session_id"], row["post_session_id"]) == ("ses-1", "ses-2")
+    assert not list(trial_out.glob("sub-0[12]/func/*desc-engagement*"))
+    # the target is the pre session's primary (cluster) target
+    pre = json.loads((trial_out / "sub-03/ses-1/func/sub-03_ses-1_task-rest_space-"
+                      "MNI152NLin2009cAsym_desc-target_coords.json").read_text())
+    t = pre["targets"]["cluster"]
+    assert [float(row[k]) for k in "xyz"] == pytest.approx([t["x"], t["y"], t["z"]], abs=1e-4)
+    # r_post against a plain-numpy oracle: the post seed series written by the seed-map step
+    # and the mean of the post session's denoised voxels within the radius of the target
+    seed = np.loadtxt(trial_out / "sub-03/ses-2/func/sub-03_ses-2_task-rest_desc-sgacc_"
+                      "timeseries.tsv", skiprows=1)
+    z = np.load(trial_out / "work/sub-03/ses-2/func/sub-03_ses-2_task-rest_desc-denoised_"
+                "timeseries.npz")
+    xyz = np.c_[z["voxels"], np.ones(len(z["voxels"]))] @ z["affine"].T
+    near = np.linalg.norm(xyz[:, :3] - [t["x"], t["y"], t["z"]], axis=1) <= 6.0
+    assert int(row["n_voxels_post"]) == int(near.sum()) > 0
+    oracle = np.corrcoef(seed, z["data"][:, near].astype(float).mean(axis=1))[0, 1]
+    assert float(row["r_post"]) == pytest.approx(oracle, abs=1e-3)
+    # the sample plants the same target in both sessions: anticorrelated in both
+    assert float(row["r_pre"]) < 0 and float(row["r_post"]) < 0
+    side = json.loads(Path(f"{base}.json").read_text())
+    assert side["Target"]["space"] == "MNI152NLin2009cAsym"
+    assert side["Maps"]["post"]["path"].startswith("sub-03/ses-2/")
+    # cohort table: codes only (trial.unblind false); skipped participants noted
+    with open(trial_out / "unblinded" / "trial_engagement.tsv", newline="") as fh:
+        cohort = list(csv.DictReader(fh, delimiter="\t"))
+    with open(trial_out / "unblinded" / "trial_key.tsv", newline="") as fh:
+        key = {r["participant_id"]: r for r in csv.DictReader(fh, delimiter="\t")}
+    assert [(r["participant_id"], r["arm"]) for r in cohort] == [("sub-03", key["03"]["code"])]
+    cs = json.loads((trial_out / "unblinded" / "trial_engagement.json").read_text())
+    assert cs["Blinded"] is True
+    assert sorted(s["participant_id"] for s in cs["Skipped"]) == ["sub-01", "sub-02"]
+    print("sub-03 engagement:", {k: row[k] for k in ("r_pre", "r_post", "delta_r", "delta_z",
+                                                     "delta_z_noise", "delta_z_over_noise")})

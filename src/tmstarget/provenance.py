@@ -57,6 +57,8 @@ RULE_CONFIG: dict[str, tuple[str, ...]] = {
     "native": ("native",),
     "native_hotspot": ("native",),
     "trial_blinded": ("trial.arms", "native.sphere_radius_mm", "native.localite_space"),
+    "trial_engagement": ("seed", "space", "trial.engagement_radius_mm", "native.method"),
+    "trial_engagement_cohort": ("trial.unblind",),
     "aggregate": (ALL,),
     "report": (ALL,),
     "cohort_report": (),
@@ -82,7 +84,6 @@ PLANNING_ONLY: frozenset[str] = frozenset({
 #: Keys that only shape the cohort tables (rule ``aggregate``) and the reports: changing one
 #: rebuilds those and nothing else.
 REPORT_ONLY: frozenset[str] = frozenset({
-    "trial.engagement_radius_mm", "trial.unblind",
     "reproducibility.max_bootstrap_radius_mm", "reproducibility.max_split_half_ratio",
 })
 

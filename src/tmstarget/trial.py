@@ -432,9 +432,13 @@ class Engagement:
     """Seed correlation at the target in one session.
 
     ``r`` is the correlation of the seed time series with the mean time series of the target
-    sphere over the whole session; ``r_half1``/``r_half2`` in each half; ``spread`` is
-    ``|z_half1 - z_half2| / sqrt(2)``, the standard error of the whole-session Fisher z a
-    split-half estimate gives (used to judge a change against the noise).
+    sphere over the whole session; ``r_half1``/``r_half2`` in each half (first and second half
+    of the kept volumes in time). ``spread`` is ``|z_half1 - z_half2| / sqrt(2)``: for two
+    independent halves ``E[spread**2]`` is the sampling variance of a *half*-session Fisher z,
+    so ``spread`` estimates the standard error of a half session, about ``sqrt(2)`` times that of
+    the whole-session z (a conservative noise scale that, unlike ``1/sqrt(n - 3)``, includes the
+    data's autocorrelation). One split gives a single-degree-of-freedom estimate: judge single
+    participants with care and pool across participants where possible.
     """
 
     r: float
@@ -453,6 +457,18 @@ class Engagement:
         return float(abs(z1 - z2) / np.sqrt(2.0))
 
 
+def engagement_of_series(seed_ts: np.ndarray, target_ts: np.ndarray, n_voxels: int,
+                         keep: np.ndarray | None = None) -> Engagement:
+    """:class:`Engagement` of a seed and a target time series (whole session and halves)."""
+    seed_ts = np.asarray(seed_ts, float)
+    target_ts = np.asarray(target_ts, float)
+    keep = np.ones(seed_ts.shape[0], bool) if keep is None else np.asarray(keep, bool)
+    s, t = seed_ts[keep], target_ts[keep]
+    h = s.shape[0] // 2
+    return Engagement(r=_corr(s, t), r_half1=_corr(s[:h], t[:h]), r_half2=_corr(s[h:], t[h:]),
+                      n_voxels=int(n_voxels), n_volumes=int(s.shape[0]))
+
+
 def engagement(seed_ts: np.ndarray, data: np.ndarray, affine: np.ndarray,
                target_mm: Sequence[float], radius_mm: float,
                keep: np.ndarray | None = None) -> Engagement:
@@ -469,14 +485,9 @@ def engagement(seed_ts: np.ndarray, data: np.ndarray, affine: np.ndarray,
     keep : ndarray of bool, shape (T,), optional
         Volumes kept after censoring (default all). Halves split the kept volumes.
     """
-    seed_ts = np.asarray(seed_ts, float)
-    keep = np.ones(seed_ts.shape[0], bool) if keep is None else np.asarray(keep, bool)
     mask = sphere_mask(data.shape, affine, target_mm, radius_mm)
     tgt = np.asarray(data, float)[mask].mean(axis=0)
-    s, t = seed_ts[keep], tgt[keep]
-    h = s.shape[0] // 2
-    return Engagement(r=_corr(s, t), r_half1=_corr(s[:h], t[:h]), r_half2=_corr(s[h:], t[h:]),
-                      n_voxels=int(mask.sum()), n_volumes=int(s.shape[0]))
+    return engagement_of_series(seed_ts, tgt, int(mask.sum()), keep)
 
 
 def engagement_change(pre: Engagement, post: Engagement) -> dict[str, float]:
@@ -542,3 +553,290 @@ def blinded_step(coilpose_json: str | os.PathLike[str], t1w: str | os.PathLike[s
     Path(unblinded_json).parent.mkdir(parents=True, exist_ok=True)
     nav._atomic_write_bytes(unblinded_json, (json.dumps(out, indent=2) + "\n").encode("utf-8"))
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# Engagement workflow steps
+# ------------------------------------------------------------------------------------------
+
+#: Columns of the per-participant engagement table ``sub-X_task-T_desc-engagement_stat.tsv``
+#: (later columns may be added, never removed or reordered).
+ENGAGEMENT_COLUMNS: tuple[str, ...] = (
+    "participant_id", "pre_session_id", "post_session_id", "method", "x", "y", "z", "space",
+    "radius_mm", "r_pre", "r_post", "delta_r", "z_pre", "z_post", "delta_z", "spread_pre",
+    "spread_post", "delta_z_noise", "delta_z_over_noise", "r_pre_half1", "r_pre_half2",
+    "r_post_half1", "r_post_half2", "n_voxels_pre", "n_voxels_post", "n_volumes_pre",
+    "n_volumes_post",
+)
+
+#: Column descriptions (BIDS sidecar ``Description``/``Units``) of :data:`ENGAGEMENT_COLUMNS`.
+ENGAGEMENT_COLUMN_DOCS: dict[str, dict[str, str]] = {
+    "participant_id": {"Description": "Participant label."},
+    "pre_session_id": {"Description": "Session the target was chosen on (trial.engagement.pre)."},
+    "post_session_id": {"Description": "Session after treatment (trial.engagement.post)."},
+    "method": {"Description": "Connectivity targeting method whose pre-session target is used "
+                              "(native.method; the same in every arm)."},
+    "x": {"Description": "Target (sphere centre), pre-session target JSON.", "Units": "mm"},
+    "y": {"Description": "Target (sphere centre), pre-session target JSON.", "Units": "mm"},
+    "z": {"Description": "Target (sphere centre), pre-session target JSON.", "Units": "mm"},
+    "space": {"Description": "Template space of x, y, z (RAS+ mm world coordinates)."},
+    "radius_mm": {"Description": "Radius of the target sphere whose mean time series is "
+                                 "correlated with the seed (trial.engagement_radius_mm).",
+                  "Units": "mm"},
+    "r_pre": {"Description": "Pearson r, seed vs target-sphere mean, whole pre session. "
+                             "Measured on the data that chose the target: biased towards a "
+                             "stronger anticorrelation (selection)."},
+    "r_post": {"Description": "Pearson r, seed vs target-sphere mean, whole post session "
+                              "(target carried from the pre session)."},
+    "delta_r": {"Description": "r_post - r_pre (negative: more anticorrelated after)."},
+    "z_pre": {"Description": "Fisher z of r_pre (arctanh)."},
+    "z_post": {"Description": "Fisher z of r_post (arctanh)."},
+    "delta_z": {"Description": "z_post - z_pre."},
+    "spread_pre": {"Description": "|z(first half) - z(second half)| / sqrt(2) in the pre "
+                                  "session: estimates the standard error of a half-session z "
+                                  "(about sqrt(2) x that of the whole session; conservative)."},
+    "spread_post": {"Description": "As spread_pre, post session."},
+    "delta_z_noise": {"Description": "sqrt(spread_pre^2 + spread_post^2): split-half noise scale "
+                                     "of delta_z (conservative, one degree of freedom each)."},
+    "delta_z_over_noise": {"Description": "delta_z / delta_z_noise."},
+    "r_pre_half1": {"Description": "r in the first half (in time) of the pre session's kept "
+                                   "volumes."},
+    "r_pre_half2": {"Description": "r in the second half of the pre session's kept volumes."},
+    "r_post_half1": {"Description": "r in the first half of the post session's kept volumes."},
+    "r_post_half2": {"Description": "r in the second half of the post session's kept volumes."},
+    "n_voxels_pre": {"Description": "In-brain voxels of the target sphere, pre session grid."},
+    "n_voxels_post": {"Description": "In-brain voxels of the target sphere, post session grid."},
+    "n_volumes_pre": {"Description": "Kept (uncensored) volumes, pre session."},
+    "n_volumes_post": {"Description": "Kept (uncensored) volumes, post session."},
+}
+
+ENGAGEMENT_NOTE = ("Research readout, not a clinical measure: the change in seed (sgACC) "
+                   "correlation at the target between two sessions, with its split-half noise. "
+                   "It does not show that stimulation reached the target or that a participant "
+                   "responds to treatment (SAFETY.md).")
+
+SELECTION_NOTE = ("The target was chosen on the pre session's own data as the most "
+                  "anticorrelated spot, so r_pre is biased towards a stronger anticorrelation "
+                  "and a change towards zero (delta_r > 0) is expected without any treatment "
+                  "effect (regression to the mean). Compare arms, or a sham/no-treatment "
+                  "interval, rather than reading delta_r alone.")
+
+
+def primary_method(target_json: Mapping[str, Any], native_method: str | None) -> str:
+    """The connectivity method the native step exports (as :func:`tmstarget.native`)."""
+    targets = dict(target_json["targets"])
+    return native_method or ("cluster" if "cluster" in targets else next(iter(targets)))
+
+
+def _combined_session(npz_paths: Sequence[str | os.PathLike[str]], cfg: Mapping[str, Any]
+                      ) -> tuple[Any, np.ndarray, str, list[dict[str, Any]]]:
+    """Denoised runs of one session: combined data, seed series, seed text, image inputs."""
+    from .denoise import load_denoised
+    from .pipeline import data_space
+    from .seedmap import combine_runs, seed_timeseries, seed_weights
+
+    runs = []
+    for p in npz_paths:
+        try:
+            runs.append(load_denoised(p))
+        except (OSError, ValueError, KeyError) as exc:
+            raise InputError(p, f"cannot read the denoised run ({exc}).",
+                             "Delete it and rerun: the denoise step rewrites it.") from exc
+    combined = combine_runs(runs, [str(p) for p in npz_paths])
+    weights, desc = seed_weights(cfg["seed"], combined.shape, combined.affine, data_space(cfg))
+    ts, _ = seed_timeseries(combined, weights, str(cfg["seed"].get("file") or "sgACC seed"))
+    inputs = [i for r in runs for i in (r.qc.get("inputs") or [])]
+    return combined, ts, desc, inputs
+
+
+def engagement_at(combined: Any, seed_ts: np.ndarray, target_mm: Sequence[float],
+                  radius_mm: float, source: str | os.PathLike[str] | None = None) -> Engagement:
+    """:class:`Engagement` on combined denoised data (:class:`tmstarget.seedmap.CombinedData`).
+
+    The sphere holds the session's in-brain voxels whose centres lie within ``radius_mm`` of
+    ``target_mm`` (world mm of the data's grid).
+    """
+    a = np.asarray(combined.affine, float)
+    xyz = np.asarray(combined.voxels, float) @ a[:3, :3].T + a[:3, 3]
+    inside = np.linalg.norm(xyz - np.asarray(target_mm, float), axis=1) <= float(radius_mm)
+    if not inside.any():
+        raise InputError(source, f"no brain voxel of this session lies within {radius_mm:g} mm "
+                         f"of the target ({', '.join(f'{v:.1f}' for v in target_mm)}) mm.",
+                         "Check that the sessions are of the same participant and in the same "
+                         "template space, or increase trial.engagement_radius_mm.")
+    tgt = np.asarray(combined.data[:, inside], dtype=np.float64).mean(axis=1)
+    return engagement_of_series(seed_ts, tgt, int(inside.sum()))
+
+
+def _file_record(path: str | os.PathLike[str], root: Path) -> dict[str, str]:
+    from .io import sha256sum
+
+    p = Path(path).resolve()
+    rel = str(p.relative_to(root.resolve())) if p.is_relative_to(root.resolve()) else str(path)
+    return {"path": rel, "sha256": sha256sum(path)}
+
+
+def engagement_step(pre_npz: Sequence[str | os.PathLike[str]],
+                    post_npz: Sequence[str | os.PathLike[str]],
+                    pre_target_json: str | os.PathLike[str],
+                    pre_map: str | os.PathLike[str], post_map: str | os.PathLike[str],
+                    participant: str, pre_session: str, post_session: str,
+                    cfg: Mapping[str, Any], out_tsv: str | os.PathLike[str],
+                    out_json: str | os.PathLike[str],
+                    output_root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Pre/post engagement of one participant: the pre-session target carried to the post session.
+
+    Reads the pre session's target JSON (primary connectivity method, ``native.method``) and the
+    denoised runs of both sessions (the denoise step's outputs; nothing is cleaned again),
+    computes the seed correlation with the target sphere's mean time series in each session,
+    its change and the split-half spread of each, and writes a one-row TSV and its JSON sidecar
+    (column descriptions, coordinates with space and convention, SHA-256 of every image).
+    """
+    from . import CONVENTION
+    from .io import write_json, write_text
+    from .pipeline import data_space, software_versions
+
+    try:
+        tj = json.loads(Path(pre_target_json).read_text(encoding="utf-8"))
+        targets = tj["targets"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(pre_target_json, f"cannot read the pre session's target JSON ({exc}).",
+                         "Delete it and rerun: the target step rewrites it.") from exc
+    method = primary_method(tj, (cfg.get("native") or {}).get("method"))
+    if method not in targets:
+        raise InputError(pre_target_json, f"native.method '{method}' was not computed on the "
+                         f"pre session (methods: {', '.join(targets)}).",
+                         "Set native.method to one of target.methods.")
+    t = targets[method]
+    if t.get("status", "ok") != "ok":
+        raise InputError(pre_target_json, f"the pre session (ses-{pre_session}) has no "
+                         f"{method} target ({t.get('status')}): there is no target to carry "
+                         "to the post session.", "Inspect the pre session's seed map and "
+                         "search region; exclude the participant from the engagement table "
+                         "(exclude_participants) if the session is unusable.")
+    space = str(t.get("space") or tj.get("space") or data_space(cfg))
+    if space != data_space(cfg):
+        raise InputError(pre_target_json, f"the target is in {space}, the data in "
+                         f"{data_space(cfg)}.", "Rerun the target step with the current config.")
+    xyz = [float(t["x"]), float(t["y"]), float(t["z"])]
+    radius = float(cfg["trial"]["engagement_radius_mm"])
+    res: dict[str, Engagement] = {}
+    sessions: dict[str, Any] = {}
+    for label, ses, npz in (("pre", pre_session, pre_npz), ("post", post_session, post_npz)):
+        combined, ts, seed_desc, inputs = _combined_session(npz, cfg)
+        res[label] = engagement_at(combined, ts, xyz, radius, npz[0] if npz else None)
+        sessions[label] = {
+            "session_id": f"ses-{ses}", "grid_shape": list(combined.shape),
+            "grid_affine": np.asarray(combined.affine, float).round(6).tolist(),
+            "run_lengths": list(combined.run_lengths), "seed": seed_desc,
+            "denoised_runs": [str(Path(p).name) for p in npz], "images": inputs,
+        }
+    ch = engagement_change(res["pre"], res["post"])
+    pre, post = res["pre"], res["post"]
+    row: dict[str, Any] = {
+        "participant_id": f"sub-{participant}", "pre_session_id": f"ses-{pre_session}",
+        "post_session_id": f"ses-{post_session}", "method": method,
+        "x": xyz[0], "y": xyz[1], "z": xyz[2], "space": space, "radius_mm": radius,
+        **{k: ch[k] for k in ("r_pre", "r_post", "delta_r", "z_pre", "z_post", "delta_z",
+                              "spread_pre", "spread_post", "delta_z_noise",
+                              "delta_z_over_noise")},
+        "r_pre_half1": pre.r_half1, "r_pre_half2": pre.r_half2,
+        "r_post_half1": post.r_half1, "r_post_half2": post.r_half2,
+        "n_voxels_pre": pre.n_voxels, "n_voxels_post": post.n_voxels,
+        "n_volumes_pre": pre.n_volumes, "n_volumes_post": post.n_volumes,
+    }
+    cells = [f"{row[c]:.6g}" if isinstance(row[c], float) else str(row[c])
+             for c in ENGAGEMENT_COLUMNS]
+    write_text(out_tsv, "\t".join(ENGAGEMENT_COLUMNS) + "\n" + "\t".join(cells) + "\n")
+    root = Path(output_root)
+    sidecar = {
+        **ENGAGEMENT_COLUMN_DOCS,
+        "Description": "Pre/post engagement at the target: sgACC seed correlation with the mean "
+                       "time series of a sphere at the target chosen on the pre session, in "
+                       "each session, its change and the split-half spread of each.",
+        "ResearchUseOnly": ENGAGEMENT_NOTE,
+        "SelectionBias": SELECTION_NOTE,
+        "Target": {"method": method, "coordinates_mm": xyz, "space": space,
+                   "convention": CONVENTION, "radius_mm": radius,
+                   "chosen_on": f"ses-{pre_session}",
+                   "target_json": _file_record(pre_target_json, root),
+                   "target_json_reference_image": tj.get("reference_image")},
+        "SplitHalf": "first vs second half in time of each session's kept volumes (the runs' "
+                     "cleaned data concatenated); spread = |z1 - z2| / sqrt(2).",
+        "Sessions": sessions,
+        "Maps": {"pre": {**_file_record(pre_map, root), "space": space,
+                         "description": "pre-session sgACC correlation map (seed_map step)"},
+                 "post": {**_file_record(post_map, root), "space": space,
+                          "description": "post-session sgACC correlation map (seed_map step); "
+                                         "r_post is read off its data at the target sphere"}},
+        "SoftwareVersions": software_versions(),
+    }
+    write_json(out_json, sidecar)
+    print(f"[tmstarget] sub-{participant}: engagement at the ses-{pre_session} {method} target "
+          f"({xyz[0]:.1f}, {xyz[1]:.1f}, {xyz[2]:.1f}) mm {space}: r {ch['r_pre']:.3f} -> "
+          f"{ch['r_post']:.3f} (delta z {ch['delta_z']:+.3f}, split-half noise "
+          f"{ch['delta_z_noise']:.3f})", flush=True)
+    return row
+
+
+#: Columns of the cohort engagement table (``arm`` is the allocation code until unblinded).
+COHORT_ENGAGEMENT_COLUMNS: tuple[str, ...] = (
+    "participant_id", "arm", "pre_session_id", "post_session_id", "r_pre", "r_post", "delta_r",
+    "z_pre", "z_post", "delta_z", "delta_z_noise", "delta_z_over_noise", "n_volumes_pre",
+    "n_volumes_post",
+)
+
+
+def engagement_cohort_step(tsvs: Sequence[str | os.PathLike[str]],
+                           key_path: str | os.PathLike[str], unblind: bool,
+                           skipped: Sequence[Mapping[str, str]],
+                           out_tsv: str | os.PathLike[str],
+                           out_json: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Cohort engagement table by arm: allocation codes only unless ``unblind``.
+
+    ``skipped`` lists participants without both sessions (``participant_id``, ``reason``);
+    they are recorded in the sidecar, not an error. The sidecar's per-arm summary (n, mean and
+    SD of ``delta_z``) is keyed by the same code or name as the table.
+    """
+    from .io import write_json
+
+    key_path = Path(key_path)
+    if not key_path.is_file():
+        raise InputError(key_path, "the allocation key is missing.",
+                         "Rerun the workflow: planning writes or reads the key; never delete "
+                         "the key of a running trial (restore it from the trial team's copy).")
+    key = [{**r, "participant_id": "sub-" + r["participant_id"].removeprefix("sub-")}
+           for r in _read_tsv(key_path)]
+    known = {r["participant_id"] for r in key}
+    rows = []
+    for p in tsvs:
+        got = _read_tsv(Path(p))
+        if len(got) != 1 or not set(COHORT_ENGAGEMENT_COLUMNS) - {"arm"} <= set(got[0]):
+            raise InputError(p, "is not a one-row engagement table.",
+                             "Delete it and rerun: the engagement step rewrites it.")
+        r = got[0]
+        if r["participant_id"] not in known:
+            raise InputError(key_path, f"{r['participant_id']} has an engagement table but no "
+                             "row in the allocation key.", "Restore the key from the trial "
+                             "team's copy.")
+        rows.append({c: r[c] for c in COHORT_ENGAGEMENT_COLUMNS if c != "arm"})
+    table = cohort_table(rows, key, unblind)
+    _write_tsv(Path(out_tsv), table, COHORT_ENGAGEMENT_COLUMNS)
+    summary: dict[str, dict[str, Any]] = {}
+    for arm in sorted({str(r["arm"]) for r in table}):
+        dz = np.array([float(r["delta_z"]) for r in table if str(r["arm"]) == arm])
+        summary[arm] = {"n": int(dz.size), "mean_delta_z": float(dz.mean()),
+                        "sd_delta_z": float(dz.std(ddof=1)) if dz.size > 1 else None}
+    write_json(out_json, {
+        "Description": "Pre/post engagement at the target by arm (one row per participant with "
+                       "both sessions; per-participant detail in "
+                       "sub-X/func/sub-X_task-T_desc-engagement_stat.json).",
+        "arm": {"Description": "Arm name (trial.unblind: true)" if unblind else
+                "Neutral allocation code (blinded; the key is unblinded/trial_key.tsv)"},
+        "Blinded": not unblind,
+        "ByArm": summary,
+        "Skipped": [dict(s) for s in skipped],
+        "ResearchUseOnly": ENGAGEMENT_NOTE,
+        "SelectionBias": SELECTION_NOTE,
+    })
+    return table
