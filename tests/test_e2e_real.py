@@ -124,6 +124,12 @@ def test_qc_images_present_and_in_the_report(real_run):
     for name in names:
         data = (fig / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, name
+    # the head mask and coil entry on the real (0.7 mm, oblique, defaced) T1w: drawn, not an error
+    scalp_png = list((out / SUB / "anat").glob("*_desc-scalpmodel_qc.png"))
+    assert len(scalp_png) == 1 and scalp_png[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = json.loads((out / SUB / f"{SUB}_report.json").read_text())
+    figs = rep["native"]["scalp_rules"]["figures"]
+    assert not [k for k, v in figs.items() if v.get("error")], figs
     html = (out / SUB / f"{SUB}_report.html").read_text()
     for alt in ("T1w on the template", "brain mask on T1w", "BOLD reference on T1w",
                 "motion traces"):

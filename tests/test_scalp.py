@@ -543,3 +543,40 @@ def test_r_at_the_cortical_point_and_inverse_without_the_inverse_file(tmp_path: 
     vox_x = round((a["cortical_mni_mm"][0] + 96) / 2) * 2 - 96  # nearest voxel centre
     assert a["r"] == pytest.approx(vox_x / 100, abs=1e-4)
     assert a["r_mean_5mm"] == pytest.approx(a["cortical_mni_mm"][0] / 100, abs=0.01)
+
+
+@pytest.mark.parametrize("vox", [1.3, 1.37, 1.45])
+def test_head_model_figure_on_any_grid_draws_the_scalp_where_it_is(tmp_path: Path, vox) -> None:
+    """The QC figure's contours share the slice grid (a 0.7 mm real T1w once failed with
+    "Length of x (276) must match number of columns in z (277)"), and the red scalp contour
+    lies on the sphere's true radius in every view (closed form, not our head model)."""
+    from types import SimpleNamespace
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    r_head, c0 = 40.0, np.array([3.3, -7.1, 5.2])
+    n = int(2 * (r_head + 8) / vox)
+    aff = np.eye(4)
+    aff[:3, :3] *= vox
+    aff[:3, 3] = c0 - vox * (n - 1) / 2
+    ijk = np.indices((n, n, n)).reshape(3, -1).T.astype(float)
+    r = np.linalg.norm(ijk @ aff[:3, :3].T + aff[:3, 3] - c0, axis=1).reshape(n, n, n)
+    head = r <= r_head
+    t1 = tmp_path / "t1w.nii.gz"
+    nb.save(nb.Nifti1Image(np.where(head, 100, 0).astype(np.int16), aff), str(t1))
+    model = SimpleNamespace(head=head, brain=r <= r_head - 10, affine=aff)
+    fig = sc.head_model_figure(t1, model, {}, c0)
+    try:
+        for ax in fig.axes[:3]:
+            red = [c for c in ax.collections if hasattr(c, "get_paths")][0]
+            pts = np.concatenate([p.vertices for p in red.get_paths() if len(p.vertices)])
+            centre2 = np.median(pts, axis=0)
+            radius = np.linalg.norm(pts - pts.mean(axis=0), axis=1)
+            # the slice passes through the sphere's centre in each view: a circle of r_head
+            assert np.all(np.abs(radius - r_head) < 1.5 * vox), (vox, radius.min(), radius.max())
+            assert np.linalg.norm(centre2 - pts.mean(axis=0)) < 1.5 * vox
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

@@ -1197,10 +1197,19 @@ def _plt() -> Any:
     return plt
 
 
+def _world_offsets(half_mm: float, step_mm: float = 1.0) -> np.ndarray:
+    """Offsets (mm) from the centre of the world-aligned grid of :func:`_world_slice`, per axis."""
+    n = int(np.floor(2 * half_mm / step_mm + 1e-9)) + 1
+    return -half_mm + step_mm * np.arange(n)
+
+
 def _world_slice(vol: np.ndarray, affine: np.ndarray, centre: np.ndarray, axes: tuple[int, int],
                  half_mm: float = 110.0, step_mm: float = 1.0, order: int = 1) -> np.ndarray:
-    """A slice of ``vol`` on a world-aligned (RAS) grid through ``centre``: rows = 2nd axis."""
-    h = np.arange(-half_mm, half_mm + step_mm, step_mm)
+    """A slice of ``vol`` on a world-aligned (RAS) grid through ``centre``: rows = 2nd axis.
+
+    The grid's coordinates along both axes are ``centre + _world_offsets(half_mm, step_mm)``.
+    """
+    h = _world_offsets(half_mm, step_mm)
     a, b = np.meshgrid(h, h, indexing="xy")
     pts = np.tile(np.asarray(centre, float), (a.size, 1))
     pts[:, axes[0]] += a.ravel()
@@ -1240,13 +1249,12 @@ def head_model_figure(t1w_path: str | os.PathLike[str], model: Any,
     for ax, (label, axes, lo, hi, normal_axis) in zip(axs, views):
         view_c = np.asarray(centre, float).copy()
         view_c[list(axes)] = mid[list(axes)]
-        ext = [view_c[axes[0]] - h, view_c[axes[0]] + h, view_c[axes[1]] - h,
-               view_c[axes[1]] + h]
-        n_px = round(2 * h) + 1
+        off = _world_offsets(h)  # the slices' own grid: contours and image share it
+        xs = view_c[axes[0]] + off
+        ys = view_c[axes[1]] + off
+        ext = [xs[0] - 0.5, xs[-1] + 0.5, ys[0] - 0.5, ys[-1] + 0.5]  # pixel edges
         ax.imshow(_world_slice(t1, aff, view_c, axes, half_mm=h), origin="lower", cmap="gray",
                   vmin=0, vmax=vmax, extent=ext)
-        xs = np.linspace(ext[0], ext[1], n_px)
-        ys = np.linspace(ext[2], ext[3], n_px)
         ax.contour(xs, ys, _world_slice(head, aff, view_c, axes, half_mm=h, order=0), [0.5],
                    colors="#ff3030", linewidths=1.0)
         if brain is not None:
