@@ -105,7 +105,9 @@ def make_unit(root: Path, participant: str = "01", session: str | None = None,
             "half_b": {"x": t["x"] - 1, "y": t["y"], "z": t["z"]},
             "distance_mm": 2.0, "map_r": 0.7} for m, t in targets.items()}},
         "bootstrap": {"n_resamples": 20, "block_seconds": 40.0, "methods": {
-            m: {"radius95_mm": 3.0, "fraction_within_5mm": 0.95} for m in targets}},
+            # weighted: 12 mm > the 10 mm default limit, so its own verdict is unreliable
+            m: {"radius95_mm": 12.0 if m == "weighted" else 3.0, "fraction_within_5mm": 0.95}
+            for m in targets}},
         "reference_sites": {"F3": {"x": -37.0, "y": 26.0, "z": 49.0, "r": -0.2,
                                    "distance_mm": {m: 10.0 for m in targets}}}}
     rpj = Path(f"{pre}_space-MNI152NLin2009cAsym_desc-reproducibility_stats.json")
@@ -121,7 +123,9 @@ def make_unit(root: Path, participant: str = "01", session: str | None = None,
     lines = [] if ttsv.exists() else [
         "participant_id\tsession_id\tmethod\treliability\treliability_reason"]
     for m in targets:
-        rel, why = (("unreliable", f"bootstrap radius {HOSTILE}") if m == "weighted"
+        # a cohort file that contradicts the participant's own verdict: the report must not
+        # read it (classic marked unreliable here, reliable by its own numbers)
+        rel, why = (("unreliable", f"bootstrap radius {HOSTILE}") if m == "classic"
                     else ("reliable", ""))
         lines.append(f"{pid}\t{sid or 'n/a'}\t{m}\t{rel}\t{why}")
     with ttsv.open("a") as fh:
@@ -254,9 +258,13 @@ def test_sections_warnings_and_twin(reports):
     assert "native-space step not run" in html
     assert html.count("Neurological convention") >= 4  # every MNI image states orientation
     assert any("edge of the search region" in w for w in data["warnings"])
-    assert any("weighted target is flagged unreliable" in w for w in data["warnings"])
+    assert any("weighted target is unreliable" in w and "12.0 mm exceeds 10 mm" in w
+               for w in data["warnings"])
     assert data["data_quality"]["retained_volumes"] == 143
     assert data["reproducibility"]["methods"]["weighted"]["reliability"] == "unreliable"
+    # the verdict is the participant's own: the contradicting targets.tsv is not read
+    assert data["reproducibility"]["methods"]["classic"]["reliability"] == "reliable"
+    assert not any("classic target is unreliable" in w for w in data["warnings"])
     assert set(data["figures"]) >= {"fd", "seed_ts", "seed_loc", "map", "zoom", "glass", "cloud"}
     assert "a" * 64 in html  # input SHA-256 shown
 
