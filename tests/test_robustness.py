@@ -238,10 +238,33 @@ CHANGES = {
     # the search region is cut to this depth below the scalp before choosing (target)
     "native.max_depth_mm": ("native:\n  max_depth_mm: 80\n",
                             {"target", "native", "aggregate", "report", "cohort_report"}),
-    "reproducibility.max_bootstrap_radius_mm (report-only)": (
+    # the participant's own verdict: shapes rule reproducibility (verdict in its stats JSON),
+    # hence native and the report; with reproducibility off (this fixture) only the tables
+    # and reports, which take the whole config (test below: it is declared for reproducibility)
+    "reproducibility.max_bootstrap_radius_mm (reproducibility off)": (
         "reproducibility:\n  max_bootstrap_radius_mm: 7\n",
         {"aggregate", "report", "cohort_report"}),
+    # data-quality warnings: written into the native JSON and the navigator files
+    "denoise.warn_retained_minutes": ("denoise:\n  warn_retained_minutes: 8\n",
+                                      {"native", "aggregate", "report", "cohort_report"}),
 }
+
+
+def test_the_verdict_keys_shape_the_reproducibility_and_native_rules():
+    for key in ("reproducibility.max_split_half_mm", "reproducibility.min_split_half_map_r",
+                "reproducibility.max_bootstrap_radius_mm", "denoise.warn_retained_minutes",
+                "denoise.warn_fd_mean_mm", "denoise.warn_censored_fraction"):
+        assert key in RULE_CONFIG["reproducibility"], key
+        assert key not in REPORT_ONLY, key
+    for key in ("denoise.warn_retained_minutes", "denoise.warn_fd_mean_mm",
+                "denoise.warn_censored_fraction"):
+        assert key in RULE_CONFIG["native"] and key in RULE_CONFIG["native_hotspot"], key
+    # which participants a run covers is not part of a participant's report configuration
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    a = rule_config("report", {**cfg, "participant_label": ["03"]})
+    b = rule_config("report", {**cfg, "participant_label": ["01", "02", "03"]})
+    assert a == b and "participant_label" not in a
+    assert rule_config("aggregate", {**cfg, "participant_label": ["03"]})["participant_label"]
 
 
 @pytest.mark.e2e
