@@ -412,3 +412,25 @@ def test_cohort_table_sorts_in_headless_chromium(reports, tmp_path):
     got = json.loads(m.group(1))
     assert len(got["up"]) == 6 and got["up"] == sorted(got["up"])
     assert got["down"] == sorted(got["up"], reverse=True)
+
+
+def test_summary_card_leads_with_the_answer(reports):
+    html, data = reports["hostile_html"], reports["hostile_data"]
+    card = data["summary"]
+    # the fixture's native JSON: primary cluster, its T1w coordinate and the T1w's hash
+    native = json.loads(Path(reports["hostile"]["native_json"]).read_text())
+    assert card["method"] == "cluster" == native["primary_method"]
+    assert card["coordinate_mm"] == native["targets"]["cluster"]["t1w_mm"]
+    assert card["t1w"]["sha256"] == "c" * 64
+    # cluster: split half 2.0 mm, map r 0.7, bootstrap 3.0 mm, all inside the default limits
+    assert card["verdict"] == "reliable" and card["reasons"] == []
+    assert card["warnings"] == data["warnings"] and card["n_warnings"] >= 1
+    assert card["exports_folder"] == "sub-01/anat"
+    top = html.index('id="summary"')
+    assert top < html.index('class="research"') and top < html.index('id="warnings"')
+    assert "c" * 64 in html[top:html.index('id="warnings"')]
+    # without native step: no T1w coordinate, and the card says so
+    plain = reports["plain_data"]["summary"]
+    assert plain["coordinate_mm"] is None and plain["method"] in reports["plain_data"]["targets"]
+    assert "native-space step not run" in reports["plain_html"][:reports["plain_html"].index(
+        'id="warnings"')]

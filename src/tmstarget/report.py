@@ -527,6 +527,43 @@ def _default_mode(rimg: nb.Nifti1Image, targets: Mapping[str, Mapping[str, Any]]
         return {"error": f"not computed: {exc}"}
 
 
+def _summary_card(targets: Mapping[str, Mapping[str, Any]], native_sec: Mapping[str, Any],
+                  native: Mapping[str, Any] | None, verdict: Mapping[str, Any],
+                  warnings: Sequence[str], root: Path, space: str) -> dict[str, Any]:
+    """The answer first: the coordinate to load, its space and T1w, method, verdict, warnings,
+    where the exports are."""
+    from .verdict import method_word
+
+    method = native_sec.get("primary_method") if native_sec.get("available") else None
+    method = method if method in targets else next(iter(targets))
+    v = (verdict.get("methods") or {}).get(method) or {}
+    word = method_word(verdict, method)
+    t = targets[method]
+    card: dict[str, Any] = {
+        "method": method, "verdict": word, "reasons": list(v.get("reasons") or []),
+        "verdict_words": (
+            f"The {method} target is {word}"
+            + (f": {'; '.join(v['reasons'])}." if v.get("reasons") else
+               (" by this participant's own split-half and bootstrap results." if
+                word == "reliable" else " (reproducibility was not run).")))
+        if word else None,
+        "mni_mm": [t["x"], t["y"], t["z"]], "mni_space": space,
+        "n_warnings": len(warnings), "warnings": list(warnings),
+        "coordinate_mm": None, "space": None, "t1w": None, "exports_folder": None,
+        "marker_file": None,
+    }
+    if native_sec.get("available"):
+        row = {r["method"]: r for r in native_sec.get("methods", [])}.get(method) or {}
+        card["coordinate_mm"] = row.get("t1w_mm")
+        card["space"] = "T1w (NIfTI world RAS+ mm of the T1w below)"
+        card["t1w"] = native_sec.get("t1w")
+        files = [e["file"] for e in native_sec.get("exports", []) if e.get("file")]
+        if files:
+            card["exports_folder"] = os.path.dirname(files[0]) or "."
+        card["marker_file"] = (native or {}).get("marker_file")
+    return card
+
+
 def _native_section(native: Mapping[str, Any] | None, native_path: str | Path | None,
                     output_root: Path) -> dict[str, Any]:
     """The native-space section, tolerant of missing keys."""
@@ -825,6 +862,8 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
     # the native JSON's "warnings" is this same participant list (tmstarget.verdict), not
     # warnings of its own: not added again
     warnings = _warnings(verdict, tj, headers)
+    summary_card = _summary_card(targets, native_sec, native, verdict, warnings, root,
+                                 cfg.get("space") or MNI_SPACE)
     rel = lambda p: os.path.relpath(str(p), str(root)) if p else None
     data: dict[str, Any] = {
         "participant_id": pid, "session_id": sid,
@@ -835,6 +874,7 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
         "space": cfg.get("space") or MNI_SPACE, "convention": CONVENTION,
         "warnings": warnings,
         "verdict": verdict,
+        "summary": summary_card,
         "inputs": list(tj.get("inputs", [])),
         "reference_image": {"path": rel(root / tj["reference_image"]["path"]),
                             "sha256": tj["reference_image"]["sha256"]},
