@@ -925,6 +925,7 @@ def _verdict_for_exports(tj: Mapping[str, Any], record: Mapping[str, Any],
     word = pv["verdict"] if pv else NOT_ASSESSED
     warnings = participant_warnings(v, tj.get("warnings", []))
     out = {**v, "primary_method": pm, "primary_verdict": word,
+           "status": word, "method": pm,  # read by the terminal's closing summary
            "primary_reasons": list(pv["reasons"]) if pv else [], "warnings_all": warnings}
     status = "UNRELIABLE" if word == UNRELIABLE else ("WARNINGS" if warnings else "")
     text = ""

@@ -878,7 +878,9 @@ def _render_localite_entry_target(pose: CoilPose, coordinate_space: str) -> byte
         ET.Comment(_xml_comment(f"coordinateSpace {space} of the T1w world. {pose.provenance}"))
     )
     el = ET.SubElement(root, "Element", {"index": "0", "selected": "true"})
-    pair = ET.SubElement(el, "EntryTargetPair", {"description": _xml_text(pose.name)})
+    pair_name = (pose.name if pose.target_label is None
+                 else f"{pose.target_name} / {pose.entry_name}")
+    pair = ET.SubElement(el, "EntryTargetPair", {"description": _xml_text(pair_name)})
     for tag, v, color, label in (
         ("Entry", pose.entry_mm, "#00ff00", pose.entry_label or pose.name),
         ("Target", pose.target_mm, "#ff0000", pose.target_name),
