@@ -422,6 +422,7 @@ def test_summary_card_leads_with_the_answer(reports):
     assert card["method"] == "cluster" == native["primary_method"]
     assert card["coordinate_mm"] == native["targets"]["cluster"]["t1w_mm"]
     assert card["t1w"]["sha256"] == "c" * 64
+    assert card["coil_entry_mm"] == native["coil"]["entry_mm"]
     # cluster: split half 2.0 mm, map r 0.7, bootstrap 3.0 mm, all inside the default limits
     assert card["verdict"] == "reliable" and card["reasons"] == []
     assert card["warnings"] == data["warnings"] and card["n_warnings"] >= 1

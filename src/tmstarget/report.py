@@ -549,12 +549,16 @@ def _summary_card(targets: Mapping[str, Mapping[str, Any]], native_sec: Mapping[
         if word else None,
         "mni_mm": [t["x"], t["y"], t["z"]], "mni_space": space,
         "n_warnings": len(warnings), "warnings": list(warnings),
-        "coordinate_mm": None, "space": None, "t1w": None, "exports_folder": None,
+        "coordinate_mm": None, "coil_entry_mm": None, "space": None, "t1w": None,
+        "exports_folder": None,
         "marker_file": None,
     }
     if native_sec.get("available"):
         row = {r["method"]: r for r in native_sec.get("methods", [])}.get(method) or {}
         card["coordinate_mm"] = row.get("t1w_mm")
+        coil = native_sec.get("coil") or {}
+        card["coil_entry_mm"] = (coil.get("entry_mm") if coil.get("method") in (None, method)
+                                 else None) or row.get("entry_mm")
         card["space"] = "T1w (NIfTI world RAS+ mm of the T1w below)"
         card["t1w"] = native_sec.get("t1w")
         files = [e["file"] for e in native_sec.get("exports", []) if e.get("file")]
