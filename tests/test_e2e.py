@@ -244,3 +244,9 @@ def test_a_participant_run_alone_gets_the_same_report_and_verdict(sample_run, tm
     assert {"cohort_reliability", "cohort_reliability_reason"} <= set(tb.columns)
     html = (full / "cohort_report.html").read_text()
     assert 'id="cohort-comparison"' in html
+    # adding a participant to the folder plans sub-01's report, not a rewrite of sub-03's
+    plan = tmstarget(str(SAMPLE), str(alone), "participant", "--participant-label", "01", "03",
+                     "--cores", "1", "-n")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    text = plan.stdout + plan.stderr
+    assert "participants: 1 (sub-01)" in text and " report 1" in text, text[-2000:]

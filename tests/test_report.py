@@ -262,6 +262,7 @@ def test_sections_warnings_and_twin(reports):
                for w in data["warnings"])
     assert data["data_quality"]["retained_volumes"] == 143
     assert data["reproducibility"]["methods"]["weighted"]["reliability"] == "unreliable"
+    assert 'id="verdict-rule"' in html and "6.5 mm" in html  # the limits are stated
     # the verdict is the participant's own: the contradicting targets.tsv is not read
     assert data["reproducibility"]["methods"]["classic"]["reliability"] == "reliable"
     assert not any("classic target is unreliable" in w for w in data["warnings"])

@@ -119,6 +119,10 @@ def tmstarget(src: Path, out: Path, *args: str, preexec=None, umask: int | None 
 
 def job_counts(text: str) -> dict[str, int]:
     counts = {}
+    plan = re.search(r"steps: \d+ \(([^)]*)\)", text)  # the CLI's dry-run plan summary
+    if plan:
+        found = dict((name, int(n)) for name, n in re.findall(r"(\w+) (\d+)", plan.group(1)))
+        return {rule: found.get(rule, 0) for rule in RULES}
     for rule in RULES:
         m = re.search(rf"^\s*{rule}\s+(\d+)\s*$", text, re.MULTILINE)
         counts[rule] = int(m.group(1)) if m else 0
