@@ -10,4 +10,5 @@ from tmstarget.smk import run_step
 sm = snakemake  # noqa: F821
 run_step(sm, cohort_report_step, report_jsons=list(sm.input.jsons),
          output_root=sm.params.output_root, out_html=sm.output.html,
-         report_htmls=list(sm.input.htmls), summary_json=sm.params.summary)
+         report_htmls=list(sm.input.htmls), summary_json=sm.params.summary,
+         targets_tsv=sm.input.targets_tsv)

@@ -13,4 +13,6 @@ run_step(sm, native_step, target_json=sm.input.coords, t1w=sm.input.t1w,
          brain_mask=sm.input.mask, xfm_mni_to_t1w_points=sm.input.xfm_mni_to_t1w_points,
          xfm_t1w_to_mni_points=sm.input.xfm_t1w_to_mni_points,
          cfg=strict_config(sm.params.cfg, sm.config, sm.rule)["native"],
-         out_json=sm.output.coords, output_root=sm.params.output_root, rmap=sm.input.rmap)
+         out_json=sm.output.coords, output_root=sm.params.output_root, rmap=sm.input.rmap,
+         repro_json=sm.input.get("repro"), qc_path=sm.input.qc,
+         warn_cfg=strict_config(sm.params.cfg, sm.config, sm.rule))

@@ -13,5 +13,5 @@ run_step(sm, subject_report_step, target_json=sm.input.coords, rmap_path=sm.inpu
          region_path=sm.input.region, qc_path=sm.input.qc, seed_tsv=sm.input.seed_tsv,
          cfg=strict_config(sm.params.cfg, sm.config, "report"),
          output_root=sm.params.output_root, out_html=sm.output.html, out_json=sm.output.json, repro_json=sm.input.get("repro"),
-         cloud_tsv=sm.input.get("cloud"), targets_tsv=sm.input.targets_tsv,
+         cloud_tsv=sm.input.get("cloud"), 
          native_json=sm.input.get("native"), native_note=sm.params.native_note)

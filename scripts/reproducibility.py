@@ -13,4 +13,4 @@ run_step(sm, reproducibility_step, npz_paths=list(sm.input.runs), target_json=sm
          map_path=sm.input.rmap, mask_path=sm.input.mask, region_path=sm.input.region,
          cfg=strict_config(sm.params.cfg, sm.config, "reproducibility"),
          out_json=sm.output.stats, out_cloud=sm.output.cloud,
-         group_map=(list(sm.input.group_map) or [None])[0])
+         group_map=(list(sm.input.group_map) or [None])[0], qc_path=sm.input.qc)

@@ -185,3 +185,68 @@ def test_every_sample_unit_gets_a_report_and_the_cohort_report_links_them(sample
         assert twin["native"]["available"] and "native" in twin["figures"], unit
         assert "reproducibility" in twin and twin["reproducibility"]["methods"]
     assert "http://" not in cohort and "https://" not in cohort
+
+
+def _unit_files(out: Path, pid: str) -> dict[str, Path]:
+    """A participant's report (HTML + JSON), reproducibility stats and native JSON."""
+    pats = ("*_report.html", "*_report.json", "*_desc-reproducibility_stats.json",
+            "*_space-T1w_desc-target_coords.json")
+    return {str(p.relative_to(out)): p for pat in pats for p in (out / pid).rglob(pat)}
+
+
+def _comparable(path: Path, out: Path) -> str:
+    """The file's text with the generation time and the output folder's own path masked."""
+    import re
+
+    text = path.read_text(encoding="utf-8")
+    text = re.sub(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", "<date>", text)
+    return text.replace(str(out.resolve()), "<out>").replace(str(out), "<out>")
+
+
+def test_a_participant_run_alone_gets_the_same_report_and_verdict(sample_run, tmp_path):
+    """sub-03 alone (--participant-label 03) and sub-03 among the whole sample: the report,
+    the verdict in the stats JSON and the native JSON are identical (dates aside), so adding
+    participants to a folder cannot change a signed-off report."""
+    full, res, _, _ = sample_run
+    assert res.returncode == 0
+    alone = tmp_path / "alone"
+    r = tmstarget(str(SAMPLE), str(alone), "participant", "--participant-label", "03",
+                  "--cores", "1")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    assert not (alone / "sub-01").exists()
+    a, b = _unit_files(alone, "sub-03"), _unit_files(full, "sub-03")
+    assert set(a) == set(b) and len(a) >= 4, (sorted(a), sorted(b))
+    for rel in sorted(a):
+        assert _comparable(a[rel], alone) == _comparable(b[rel], full), rel
+    # the verdict is in the participant's files, with the words and reasons the report shows
+    for rel, p in a.items():
+        if rel.endswith("_desc-reproducibility_stats.json"):
+            v = json.loads(p.read_text())["verdict"]
+            assert {m["verdict"] for m in v["methods"].values()} <= {"reliable", "unreliable"}
+            assert all(bool(m["reasons"]) == (m["verdict"] == "unreliable")
+                       for m in v["methods"].values())
+        if rel.endswith("_report.json"):
+            # the native JSON of the same unit (sub-03/ses-N/anat/) and the report show the
+            # same warnings (the report adds only header concerns of the files it reads)
+            ses = rel.split("/")[1]
+            (nat,) = [q for k, q in a.items() if k.startswith(f"sub-03/{ses}/")
+                      and k.endswith("_space-T1w_desc-target_coords.json")]
+            report_w = [w for w in json.loads(p.read_text())["warnings"]
+                        if not w.startswith("qform/sform")]
+            assert json.loads(nat.read_text())["warnings"] == report_w, rel
+    # targets.tsv: the reliability column is the participant's own verdict, identical alone
+    # and with others; the cohort comparison is in its own columns
+    cols = ["participant_id", "session_id", "method", "reliability", "reliability_reason"]
+    ta = pd.read_csv(alone / "targets.tsv", sep="\t", keep_default_na=False)
+    tb = pd.read_csv(full / "targets.tsv", sep="\t", keep_default_na=False)
+    tb = tb[tb.participant_id == "sub-03"]
+    assert ta[cols].reset_index(drop=True).equals(tb[cols].reset_index(drop=True))
+    assert {"cohort_reliability", "cohort_reliability_reason"} <= set(tb.columns)
+    html = (full / "cohort_report.html").read_text()
+    assert 'id="cohort-comparison"' in html
+    # adding a participant to the folder plans sub-01's report, not a rewrite of sub-03's
+    plan = tmstarget(str(SAMPLE), str(alone), "participant", "--participant-label", "01", "03",
+                     "--cores", "1", "-n")
+    assert plan.returncode == 0, plan.stderr[-3000:]
+    text = plan.stdout + plan.stderr
+    assert "participants: 1 (sub-01)" in text and " report 1" in text, text[-2000:]

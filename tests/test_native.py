@@ -510,3 +510,101 @@ def test_field_of_view_is_checked_for_every_component(tmp_path: Path) -> None:
                                                                       field]))
     with pytest.raises(InputError, match="component 3 of 3"):
         moved.map([[60.0, 0, 0]])  # inside field 1, pushed to x = 105 before field 3
+
+
+# ------------------------------------------------------------------------------------------
+# the verdict travels with the exports (issue 16)
+# ------------------------------------------------------------------------------------------
+
+
+def _stats(folder: Path, cluster_split_half_mm: float) -> Path:
+    """A reproducibility stats JSON without a verdict: the native step judges the numbers."""
+    p = folder / "stats.json"
+    p.write_text(json.dumps({
+        "split_half": {"methods": {"cluster": {"distance_mm": cluster_split_half_mm,
+                                               "map_r": 0.6},
+                                   "classic": {"distance_mm": 1.0, "map_r": 0.6}}},
+        "bootstrap": {"methods": {"cluster": {"radius95_mm": 4.0},
+                                  "classic": {"radius95_mm": 4.0}}}}))
+    return p
+
+
+def test_an_unreliable_primary_target_is_marked_in_every_export(tmp_path: Path) -> None:
+    import xml.etree.ElementTree as ET
+
+    import slicerio
+
+    paths = make_subject(tmp_path / "anat", "RAS")
+    tj = target_json(tmp_path)
+    out = tmp_path / "out" / "sub-01" / "anat" / "sub-01_task-rest_space-T1w_desc-target_coords.json"
+    qc = tmp_path / "qc.json"  # 10 min retained, quiet: no data-quality warning
+    qc.write_text(json.dumps({"retained_volumes": 300, "retained_seconds": 600.0, "runs": [
+        {"inputs": [{"path": "run1_bold.nii.gz"}], "n_volumes": 300, "n_censored": 0,
+         "fd_mean": 0.1}]}))
+
+    def go(split_half_mm: float) -> dict:
+        return native_step(tj, paths["t1w"], paths["mask"], paths["fwd"], paths["inv"],
+                           {"native": {}}, out, output_root=tmp_path / "out",
+                           check_mirror=False, repro_json=_stats(tmp_path, split_half_mm),
+                           qc_path=qc, warn_cfg={})
+
+    # 9.1 mm > the 6.5 mm default: the exported cluster target is unreliable
+    rec = go(9.1)
+    f = {e["key"]: tmp_path / "out" / e["file"] for e in rec["exports"]}
+    marker = out.parent / "sub-01_task-rest_space-T1w_desc-target_UNRELIABLE.txt"
+    assert marker.is_file() and "9.1 mm exceeds 6.5 mm" in marker.read_text()
+    saved = json.loads(out.read_text())
+    assert saved["verdict"]["primary_method"] == "cluster"
+    assert saved["verdict"]["primary_verdict"] == saved["verdict"]["status"] == "unreliable"
+    assert saved["verdict"]["methods"]["classic"]["verdict"] == "reliable"
+    assert any(w.startswith("The cluster target is unreliable") for w in saved["warnings"])
+    # single-entry formats (the coil pose): named as the coil on the scalp, and marked
+    (bs,) = rd.read_brainsight(f["brainsight"]).targets
+    assert bs.name == "sub-01 cluster coil on scalp UNRELIABLE"
+    assert "UNRELIABLE" in rd.read_brainsight(f["brainsight"]).header["Notes"]
+    assert rd.read_ant_mrk(f["ant_mrk"]).markers[0].name.endswith("UNRELIABLE")
+    # two-entry formats: the cortical target and the scalp entry are separate named entries
+    root = ET.parse(f["localite_entry_target"]).getroot()
+    desc = {tag: root.find(f".//{tag}/Marker").get("description") for tag in ("Target", "Entry")}
+    assert desc == {"Target": "sub-01 cluster cortical target UNRELIABLE",
+                    "Entry": "sub-01 cluster coil on scalp UNRELIABLE"}
+    _, comments = rd.read_localite_entry_target(f["localite_entry_target"])
+    assert any("UNRELIABLE: verdict unreliable (cluster)" in c for c in comments)
+    cps = json.loads(f["slicer_mrk_json"].read_text())["markups"][0]["controlPoints"]
+    assert [c["label"] for c in cps] == ["sub-01 cluster cortical target UNRELIABLE",
+                                         "sub-01 cluster coil on scalp UNRELIABLE"]
+    ref = slicerio.read_markups_fcsv(str(f["fcsv"]))["markups"][0]["controlPoints"]
+    assert [c["label"] for c in ref] == ["sub-01 cluster cortical target UNRELIABLE",
+                                         "sub-01 cluster coil on scalp UNRELIABLE"]
+    with open(f["csv"], newline="", encoding="utf-8") as fh:
+        row = next(csv.DictReader(fh))
+    assert row["status"].startswith("UNRELIABLE") and "coil on scalp" in row["name"]
+    assert row["target_label"] == "sub-01 cluster cortical target UNRELIABLE"
+    # the positions are unchanged by the labels: left stays left
+    for key, pos in read_all_positions(rec, tmp_path / "out").items():
+        assert pos[0] < 0, key
+
+    # the same participant with a 3.0 mm split half: reliable, the marker is gone
+    rec = go(3.0)
+    assert not marker.exists()
+    assert not list(out.parent.glob("*_UNRELIABLE.txt")) and not list(
+        out.parent.glob("*_WARNINGS.txt"))
+    (bs,) = rd.read_brainsight(f["brainsight"]).targets
+    assert bs.name == "sub-01 cluster coil on scalp"
+    assert json.loads(out.read_text())["verdict"]["primary_verdict"] == "reliable"
+
+
+def test_a_warned_target_is_marked_and_not_assessed_without_reproducibility(tmp_path) -> None:
+    paths = make_subject(tmp_path / "anat", "RAS")
+    out = tmp_path / "out" / "sub-01" / "anat" / "sub-01_task-rest_space-T1w_desc-target_coords.json"
+    qc = tmp_path / "qc.json"  # 130 volumes x 2 s = 4.3 min < 5 min
+    qc.write_text(json.dumps({"retained_volumes": 130, "retained_seconds": 260.0, "runs": []}))
+    rec = native_step(target_json(tmp_path), paths["t1w"], paths["mask"], paths["fwd"],
+                      paths["inv"], {"native": {}}, out, output_root=tmp_path / "out",
+                      check_mirror=False, qc_path=qc, warn_cfg={})
+    assert rec["verdict"]["primary_verdict"] == "not assessed"
+    assert len(rec["warnings"]) == 1 and "4.3 min" in rec["warnings"][0]
+    marker = out.parent / "sub-01_task-rest_space-T1w_desc-target_WARNINGS.txt"
+    assert marker.is_file() and "4.3 min" in marker.read_text()
+    f = {e["key"]: tmp_path / "out" / e["file"] for e in rec["exports"]}
+    assert rd.read_brainsight(f["brainsight"]).targets[0].name.endswith("WARNINGS")

@@ -105,7 +105,9 @@ def make_unit(root: Path, participant: str = "01", session: str | None = None,
             "half_b": {"x": t["x"] - 1, "y": t["y"], "z": t["z"]},
             "distance_mm": 2.0, "map_r": 0.7} for m, t in targets.items()}},
         "bootstrap": {"n_resamples": 20, "block_seconds": 40.0, "methods": {
-            m: {"radius95_mm": 3.0, "fraction_within_5mm": 0.95} for m in targets}},
+            # weighted: 12 mm > the 10 mm default limit, so its own verdict is unreliable
+            m: {"radius95_mm": 12.0 if m == "weighted" else 3.0, "fraction_within_5mm": 0.95}
+            for m in targets}},
         "reference_sites": {"F3": {"x": -37.0, "y": 26.0, "z": 49.0, "r": -0.2,
                                    "distance_mm": {m: 10.0 for m in targets}}}}
     rpj = Path(f"{pre}_space-MNI152NLin2009cAsym_desc-reproducibility_stats.json")
@@ -121,7 +123,9 @@ def make_unit(root: Path, participant: str = "01", session: str | None = None,
     lines = [] if ttsv.exists() else [
         "participant_id\tsession_id\tmethod\treliability\treliability_reason"]
     for m in targets:
-        rel, why = (("unreliable", f"bootstrap radius {HOSTILE}") if m == "weighted"
+        # a cohort file that contradicts the participant's own verdict: the report must not
+        # read it (classic marked unreliable here, reliable by its own numbers)
+        rel, why = (("unreliable", f"bootstrap radius {HOSTILE}") if m == "classic"
                     else ("reliable", ""))
         lines.append(f"{pid}\t{sid or 'n/a'}\t{m}\t{rel}\t{why}")
     with ttsv.open("a") as fh:
@@ -254,9 +258,14 @@ def test_sections_warnings_and_twin(reports):
     assert "native-space step not run" in html
     assert html.count("Neurological convention") >= 4  # every MNI image states orientation
     assert any("edge of the search region" in w for w in data["warnings"])
-    assert any("weighted target is flagged unreliable" in w for w in data["warnings"])
+    assert any("weighted target is unreliable" in w and "12.0 mm exceeds 10 mm" in w
+               for w in data["warnings"])
     assert data["data_quality"]["retained_volumes"] == 143
     assert data["reproducibility"]["methods"]["weighted"]["reliability"] == "unreliable"
+    assert 'id="verdict-rule"' in html and "6.5 mm" in html  # the limits are stated
+    # the verdict is the participant's own: the contradicting targets.tsv is not read
+    assert data["reproducibility"]["methods"]["classic"]["reliability"] == "reliable"
+    assert not any("classic target is unreliable" in w for w in data["warnings"])
     assert set(data["figures"]) >= {"fd", "seed_ts", "seed_loc", "map", "zoom", "glass", "cloud"}
     assert "a" * 64 in html  # input SHA-256 shown
 
@@ -404,3 +413,26 @@ def test_cohort_table_sorts_in_headless_chromium(reports, tmp_path):
     got = json.loads(m.group(1))
     assert len(got["up"]) == 6 and got["up"] == sorted(got["up"])
     assert got["down"] == sorted(got["up"], reverse=True)
+
+
+def test_summary_card_leads_with_the_answer(reports):
+    html, data = reports["hostile_html"], reports["hostile_data"]
+    card = data["summary"]
+    # the fixture's native JSON: primary cluster, its T1w coordinate and the T1w's hash
+    native = json.loads(Path(reports["hostile"]["native_json"]).read_text())
+    assert card["method"] == "cluster" == native["primary_method"]
+    assert card["coordinate_mm"] == native["targets"]["cluster"]["t1w_mm"]
+    assert card["t1w"]["sha256"] == "c" * 64
+    assert card["coil_entry_mm"] == native["coil"]["entry_mm"]
+    # cluster: split half 2.0 mm, map r 0.7, bootstrap 3.0 mm, all inside the default limits
+    assert card["verdict"] == "reliable" and card["reasons"] == []
+    assert card["warnings"] == data["warnings"] and card["n_warnings"] >= 1
+    assert card["exports_folder"] == "sub-01/anat"
+    top = html.index('id="summary"')
+    assert top < html.index('class="research"') and top < html.index('id="warnings"')
+    assert "c" * 64 in html[top:html.index('id="warnings"')]
+    # without native step: no T1w coordinate, and the card says so
+    plain = reports["plain_data"]["summary"]
+    assert plain["coordinate_mm"] is None and plain["method"] in reports["plain_data"]["targets"]
+    assert "native-space step not run" in reports["plain_html"][:reports["plain_html"].index(
+        'id="warnings"')]

@@ -125,6 +125,10 @@ def job_counts(text: str) -> dict[str, int]:
         found = dict((k, int(v)) for k, v in (item.rsplit(" ", 1) for item in m.group(1).split(", ")))
         return {rule: found.get(rule, 0) for rule in RULES}
     counts = {}
+    plan = re.search(r"steps: \d+ \(([^)]*)\)", text)  # the CLI's dry-run plan summary
+    if plan:
+        found = dict((name, int(n)) for name, n in re.findall(r"(\w+) (\d+)", plan.group(1)))
+        return {rule: found.get(rule, 0) for rule in RULES}
     for rule in RULES:
         m = re.search(rf"^\s*{rule}\s+(\d+)\s*$", text, re.MULTILINE)
         counts[rule] = int(m.group(1)) if m else 0
@@ -252,10 +256,33 @@ CHANGES = {
     # the search region is cut to this depth below the scalp before choosing (target)
     "native.max_depth_mm": ("native:\n  max_depth_mm: 80\n",
                             {"target", "native", "aggregate", "report", "cohort_report"}),
-    "reproducibility.max_bootstrap_radius_mm (report-only)": (
+    # the participant's own verdict: shapes rule reproducibility (verdict in its stats JSON),
+    # hence native and the report; with reproducibility off (this fixture) only the tables
+    # and reports, which take the whole config (test below: it is declared for reproducibility)
+    "reproducibility.max_bootstrap_radius_mm (reproducibility off)": (
         "reproducibility:\n  max_bootstrap_radius_mm: 7\n",
         {"aggregate", "report", "cohort_report"}),
+    # data-quality warnings: written into the native JSON and the navigator files
+    "denoise.warn_retained_minutes": ("denoise:\n  warn_retained_minutes: 8\n",
+                                      {"native", "aggregate", "report", "cohort_report"}),
 }
+
+
+def test_the_verdict_keys_shape_the_reproducibility_and_native_rules():
+    for key in ("reproducibility.max_split_half_mm", "reproducibility.min_split_half_map_r",
+                "reproducibility.max_bootstrap_radius_mm", "denoise.warn_retained_minutes",
+                "denoise.warn_fd_mean_mm", "denoise.warn_censored_fraction"):
+        assert key in RULE_CONFIG["reproducibility"], key
+        assert key not in REPORT_ONLY, key
+    for key in ("denoise.warn_retained_minutes", "denoise.warn_fd_mean_mm",
+                "denoise.warn_censored_fraction"):
+        assert key in RULE_CONFIG["native"] and key in RULE_CONFIG["native_hotspot"], key
+    # which participants a run covers is not part of a participant's report configuration
+    cfg = yaml.safe_load((REPO / "config/config.yaml").read_text())
+    a = rule_config("report", {**cfg, "participant_label": ["03"]})
+    b = rule_config("report", {**cfg, "participant_label": ["01", "02", "03"]})
+    assert a == b and "participant_label" not in a
+    assert rule_config("aggregate", {**cfg, "participant_label": ["03"]})["participant_label"]
 
 
 @pytest.mark.e2e

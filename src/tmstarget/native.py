@@ -792,7 +792,10 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
                 cfg: Mapping[str, Any], out_json: str | os.PathLike[str],
                 output_root: str | os.PathLike[str] | None = None,
                 rmap: str | os.PathLike[str] | None = None,
-                check_mirror: bool = True) -> dict[str, Any]:
+                check_mirror: bool = True,
+                repro_json: str | os.PathLike[str] | None = None,
+                qc_path: str | os.PathLike[str] | None = None,
+                warn_cfg: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Workflow step: native-space targets, coil pose and every navigator export.
 
     Writes ``out_json`` (``…_space-T1w_desc-target_coords.json``) and the export files
@@ -820,6 +823,18 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
         Refuse a T1w that matches the template no better than its left-right mirror
         (:func:`tmstarget.mirror.check_t1w_not_mirrored`; recorded as ``mirror_check``). Only
         synthetic test heads, which have no anatomy to tell, turn it off.
+    repro_json : path-like, optional
+        The unit's reproducibility statistics with its own verdict
+        (:mod:`tmstarget.verdict`); without it every method is ``not assessed``.
+    qc_path : path-like, optional
+        The seed-map QC record (data-quality warnings when ``repro_json`` is absent).
+    warn_cfg : mapping, optional
+        Configuration with the ``denoise.warn_*`` thresholds.
+
+    The verdict of the primary (exported) method and every warning go into the JSON
+    (``verdict``, ``warnings``), into every navigator file's label and comment, and, for an
+    unreliable or warned target, into a marker file ``<stem>_UNRELIABLE.txt`` or
+    ``<stem>_WARNINGS.txt`` beside the exports.
 
     Returns
     -------
@@ -846,7 +861,12 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
         scalp_job = scalp.prepare_scalp_rules(
             model, tj, record, t1w, xfm_mni_to_t1w_points, xfm_t1w_to_mni_points, ncfg,
             rmap=rmap, output_root=output_root, target_json_path=target_json)
+    verdict, status, marker_text = _verdict_for_exports(tj, record, repro_json, qc_path,
+                                                        warn_cfg or {})
+    pose = _labelled_pose(pose, tj, record["primary_method"], status, verdict)
     out_json.parent.mkdir(parents=True, exist_ok=True)
+    for word in ("UNRELIABLE", "WARNINGS"):  # a marker from an earlier verdict must not stay
+        (out_json.parent / f"{stem}_{word}.txt").unlink(missing_ok=True)
     written = nav.write_all(pose, t1w, out_json.parent, stem,
                             sphere_radius_mm=float(ncfg.get("sphere_radius_mm", 5.0)),
                             localite_space=str(ncfg.get("localite_space", "RAS")))
@@ -870,11 +890,75 @@ def native_step(target_json: str | os.PathLike[str], t1w: str | os.PathLike[str]
     record["target_json"] = (str(tj_path.relative_to(root))
                              if root is not None and root in tj_path.parents else str(tj_path))
     record["mirror_check"] = mirror
+    record["verdict"] = verdict
+    record["warnings"] = verdict["warnings_all"]
+    if status:
+        marker = out_json.parent / f"{stem}_{status}.txt"
+        marker.write_text(marker_text, encoding="utf-8")
+        record["marker_file"] = (str(marker.resolve().relative_to(root)) if root
+                                 else marker.name)
     write_json(out_json, record)
     t = record["targets"][record["primary_method"]]
     print(f"[tmstarget] {record['participant_id']}"
           + (f" {record['session_id']}" if record["session_id"] else "")
           + f": {record['primary_method']} target in T1w {t['t1w_mm']} mm, "
-          f"{t['scalp_to_target_mm']} mm below the scalp; {len(exports)} navigator files",
+          f"{t['scalp_to_target_mm']} mm below the scalp; {len(exports)} navigator files; "
+          f"verdict {verdict['primary_verdict']}"
+          + (f"; {len(verdict['warnings_all'])} warning(s)" if verdict["warnings_all"] else "")
+          + (f"; MARKED {status}" if status else ""),
           flush=True)
     return record
+
+
+def _verdict_for_exports(tj: Mapping[str, Any], record: Mapping[str, Any],
+                         repro_json: str | os.PathLike[str] | None,
+                         qc_path: str | os.PathLike[str] | None,
+                         warn_cfg: Mapping[str, Any]) -> tuple[dict[str, Any], str, str]:
+    """The unit's verdict for the native JSON, the status word and the marker file's text."""
+    from .verdict import NOT_ASSESSED, UNRELIABLE, participant_warnings, unit_verdict
+
+    repro = json.loads(Path(repro_json).read_text()) if repro_json else None
+    qc = json.loads(Path(qc_path).read_text()) if qc_path else {}
+    v = (repro or {}).get("verdict") or unit_verdict(repro, qc, warn_cfg)
+    pm = record["primary_method"]
+    pv = (v.get("methods") or {}).get(pm)
+    word = pv["verdict"] if pv else NOT_ASSESSED
+    warnings = participant_warnings(v, tj.get("warnings", []))
+    out = {**v, "primary_method": pm, "primary_verdict": word,
+           "status": word, "method": pm,  # read by the terminal's closing summary
+           "primary_reasons": list(pv["reasons"]) if pv else [], "warnings_all": warnings}
+    status = "UNRELIABLE" if word == UNRELIABLE else ("WARNINGS" if warnings else "")
+    text = ""
+    if status:
+        text = "\n".join([
+            f"{status}: the exported {pm} target of {tj.get('participant_id')}"
+            + (f" {tj.get('session_id')}" if tj.get("session_id") else "")
+            + f" is {word}" + (" and has warnings" if warnings else "") + ".",
+            *(f"- reason: {r}" for r in out["primary_reasons"]),
+            *(f"- warning: {w}" for w in warnings),
+            "Read the participant's report before loading these files into a navigator.",
+        ]) + "\n"
+    return out, status, text
+
+
+def _labelled_pose(pose: Any, tj: Mapping[str, Any], method: str, status: str,
+                   verdict: Mapping[str, Any]) -> Any:
+    """The pose with entries named for what they are (cortical target, coil on scalp), the
+    method, and the status (``UNRELIABLE`` / ``WARNINGS``) in the names and the comment."""
+    import dataclasses
+
+    sub = tj.get("participant_id") or "sub"
+    ses = tj.get("session_id")
+    who = f"{sub}{'_' + ses if ses else ''}"
+    mark = f" {status}" if status else ""
+    note = f"verdict {verdict['primary_verdict']} ({method})"
+    if verdict["primary_reasons"]:
+        note += ": " + "; ".join(verdict["primary_reasons"])
+    if verdict["warnings_all"]:
+        note += f"; {len(verdict['warnings_all'])} warning(s), see the report"
+    if status:
+        note = f"{status}: {note}"
+    return dataclasses.replace(
+        pose, name=f"{who} {method} coil on scalp{mark}",
+        target_label=f"{who} {method} cortical target{mark}",
+        entry_label=f"{who} {method} coil on scalp{mark}", note=note)

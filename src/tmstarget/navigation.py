@@ -319,6 +319,12 @@ class CoilPose:
         from ``qform``; when given they must reproduce it (checked).
     space : str
         Space label, ``"T1w"``.
+    target_label, entry_label : str, optional
+        Labels of the cortical target and of the scalp (coil) entry where a format has
+        separate entries (Localite EntryTarget, Slicer, fcsv); default ``name`` and
+        ``"<name> entry"``.
+    note : str
+        Status text (e.g. ``UNRELIABLE: ...``) added to every file's comment/provenance.
     """
 
     matrix: np.ndarray
@@ -336,6 +342,9 @@ class CoilPose:
     qoffset: tuple[float, float, float] | None = None
     pixdim: tuple[float, float, float, float] | None = None
     space: str = "T1w"
+    target_label: str | None = None
+    entry_label: str | None = None
+    note: str = ""
 
     def __post_init__(self) -> None:
         try:
@@ -389,7 +398,18 @@ class CoilPose:
             f"space {self.space}: NIfTI world RAS+ mm of T1w file '{self.image_name}' "
             f"(sha256 {self.image_sha256}; qform_code {self.qform_code}, sform_code "
             f"{self.sform_code}); written by tmstarget {__version__}, research use only"
+            + (f"; {self.note}" if self.note else "")
         )
+
+    @property
+    def target_name(self) -> str:
+        """Label of the cortical target point."""
+        return self.target_label or self.name
+
+    @property
+    def entry_name(self) -> str:
+        """Label of the scalp entry (coil) point."""
+        return self.entry_label or f"{self.name} entry"
 
 
 def _rotation_problem(rot: np.ndarray) -> str | None:
@@ -858,14 +878,16 @@ def _render_localite_entry_target(pose: CoilPose, coordinate_space: str) -> byte
         ET.Comment(_xml_comment(f"coordinateSpace {space} of the T1w world. {pose.provenance}"))
     )
     el = ET.SubElement(root, "Element", {"index": "0", "selected": "true"})
-    pair = ET.SubElement(el, "EntryTargetPair", {"description": _xml_text(pose.name)})
-    for tag, v, color in (
-        ("Entry", pose.entry_mm, "#00ff00"),
-        ("Target", pose.target_mm, "#ff0000"),
+    pair_name = (pose.name if pose.target_label is None
+                 else f"{pose.target_name} / {pose.entry_name}")
+    pair = ET.SubElement(el, "EntryTargetPair", {"description": _xml_text(pair_name)})
+    for tag, v, color, label in (
+        ("Entry", pose.entry_mm, "#00ff00", pose.entry_label or pose.name),
+        ("Target", pose.target_mm, "#ff0000", pose.target_name),
     ):
         node = ET.SubElement(pair, tag)
         mk = ET.SubElement(
-            node, "Marker", {"color": color, "description": _xml_text(pose.name), "set": "true"}
+            node, "Marker", {"color": color, "description": _xml_text(label), "set": "true"}
         )
         p = pt(v)
         ET.SubElement(mk, "ColVec3D", {f"data{k}": _fmt(p[k]) for k in range(3)})
@@ -978,8 +1000,8 @@ def _render_slicer_json(
                 "locked": True,
                 "labelFormat": "%N-%d",
                 "controlPoints": [
-                    cp(1, pose.name, pose.target_mm, tdesc),
-                    cp(2, f"{pose.name} entry", pose.entry_mm, edesc),
+                    cp(1, pose.target_name, pose.target_mm, tdesc),
+                    cp(2, pose.entry_name, pose.entry_mm, edesc),
                 ],
             }
         ],
@@ -1013,8 +1035,8 @@ def _render_fcsv(pose: CoilPose, descriptions: tuple[str, str] | None = None) ->
         else (f"cortical target; {prov}", f"scalp entry; {prov}")
     )
     for idx, label, pos, desc in (
-        (1, name, pose.target_mm, tdesc),
-        (2, f"{name} entry", pose.entry_mm, edesc),
+        (1, _line_field(pose.target_name), pose.target_mm, tdesc),
+        (2, _line_field(pose.entry_name), pose.entry_mm, edesc),
     ):
         w.writerow(
             [idx, _fmt(pos[0]), _fmt(pos[1]), _fmt(pos[2]), 0, 0, 0, 1, 1, 1, 1, label, desc, ""]
@@ -1063,6 +1085,9 @@ def _neutral_record(pose: CoilPose) -> dict[str, Any]:
         ),
         "tmstarget_version": __version__,
         "note": "research use only; not a medical device",
+        "target_label": pose.target_name,
+        "entry_label": pose.entry_name,
+        "status": pose.note,
     }
 
 
@@ -1092,6 +1117,9 @@ def _render_csv(pose: CoilPose) -> bytes:
             for j in range(4):
                 header.append(f"{mat}_{i}{j}")
                 row.append(_fmt(rec[mat][i][j]))
+    for k in ("target_label", "entry_label", "status"):  # appended: earlier columns unchanged
+        header.append(k)
+        row.append(_line_field(rec[k]))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_MINIMAL)
     w.writerow(header)

@@ -480,8 +480,11 @@ def aggregate_step(target_jsons: Sequence[str | Path], skipped: Sequence[Mapping
     columns = list(TARGETS_COLUMNS)
     if repro_jsons:
         rrows = []
+        from .verdict import unit_verdict
+
         for p in repro_jsons:
             d = json.loads(Path(p).read_text())
+            own = d.get("verdict") or unit_verdict(d, {}, cfg)
             for m, sh in d["split_half"]["methods"].items():
                 bs = d["bootstrap"]["methods"][m]
                 ft = d["full_targets"][m]
@@ -494,28 +497,46 @@ def aggregate_step(target_jsons: Sequence[str | Path], skipped: Sequence[Mapping
                     "bootstrap_radius95_mm": bs["radius95_mm"],
                     "bootstrap_fraction_within_5mm": bs["fraction_within_5mm"],
                     "split": d["split_half"]["split"],
+                    "own_reliability": own["methods"][m]["verdict"],
+                    "own_reason": "; ".join(own["methods"][m]["reasons"]),
                 })
         rc = cfg["reproducibility"]
         flagged, summary = cohort_summary(rrows, float(rc["max_split_half_ratio"]),
                                           float(rc["max_bootstrap_radius_mm"]))
+        # reliability = the participant's own verdict; the cohort comparison goes to its own
+        # columns (it changes when participants are added, the verdict does not)
+        for r in flagged:
+            r["cohort_reliability"], r["cohort_reliability_reason"] = (
+                r["reliability"], r["reliability_reason"])
+            r["reliability"], r["reliability_reason"] = r["own_reliability"], r["own_reason"]
         rdf = pd.DataFrame(flagged).reindex(columns=list(REPRO_COLUMNS))
         rdf = rdf.sort_values(["participant_id", "session_id", "method"], kind="stable")
         write_text(root / "reproducibility.tsv",
                    rdf.round(3).to_csv(sep="\t", index=False, na_rep="n/a"))
         write_json(root / "reproducibility_summary.json", {
-            "description": "Within-subject split-half target distances against between-subject "
-                           "target distances (MNI152NLin2009cAsym mm), per method.",
+            "description": "Cohort comparison: within-subject split-half target distances "
+                           "against between-subject target distances (MNI152NLin2009cAsym mm), "
+                           "per method, over the participants in this output folder. It sets "
+                           "cohort_reliability only; each participant's verdict (reliability) "
+                           "comes from that participant's own data.",
+            "participants": sorted({r["participant_id"] for r in flagged}),
+            "n_participants": len({r["participant_id"] for r in flagged}),
+            "n_cohort_unreliable": int(sum(r["cohort_reliability"] == "unreliable"
+                                           for r in flagged)),
             "max_split_half_ratio": rc["max_split_half_ratio"],
             "max_bootstrap_radius_mm": rc["max_bootstrap_radius_mm"],
             "methods": summary,
             "n_unreliable": int(sum(r["reliability"] == "unreliable" for r in flagged)),
         })
         flag = {(r["participant_id"], r["session_id"], r["method"]):
-                (r["reliability"], r["reliability_reason"]) for r in flagged}
+                (r["reliability"], r["reliability_reason"], r["cohort_reliability"],
+                 r["cohort_reliability_reason"]) for r in flagged}
         for row in rows:
-            row["reliability"], row["reliability_reason"] = flag.get(
-                (row["participant_id"], row["session_id"], row["method"]), ("n/a", ""))
-        columns += ["reliability", "reliability_reason"]
+            (row["reliability"], row["reliability_reason"], row["cohort_reliability"],
+             row["cohort_reliability_reason"]) = flag.get(
+                (row["participant_id"], row["session_id"], row["method"]), ("n/a", "", "n/a", ""))
+        columns += ["reliability", "reliability_reason", "cohort_reliability",
+                    "cohort_reliability_reason"]
     df = pd.DataFrame(rows, columns=columns)
     df = df.sort_values(["participant_id", "session_id", "method"], kind="stable")
     write_text(root / "targets.tsv", df.to_csv(sep="\t", index=False, na_rep="n/a"))
@@ -540,14 +561,21 @@ REPRO_COLUMNS: tuple[str, ...] = (
     "participant_id", "session_id", "method", "x", "y", "z", "split_half_distance_mm",
     "split_half_map_r", "half_a_to_full_mm", "half_b_to_full_mm", "bootstrap_radius95_mm",
     "bootstrap_fraction_within_5mm", "reliability", "reliability_reason", "split",
+    "cohort_reliability", "cohort_reliability_reason",
 )
 
 
 def reproducibility_step(npz_paths: Sequence[str | Path], target_json: str | Path,
                          map_path: str | Path, mask_path: str | Path, region_path: str | Path,
                          cfg: Mapping[str, Any], out_json: str | Path,
-                         out_cloud: str | Path, group_map: str | Path | None = None) -> dict:
-    """Split-half targets, bootstrap cloud and reference-site comparison for one unit."""
+                         out_cloud: str | Path, group_map: str | Path | None = None,
+                         qc_path: str | Path | None = None) -> dict:
+    """Split-half targets, bootstrap cloud and reference-site comparison for one unit.
+
+    Also the participant's own verdict per method and the data-quality warnings
+    (:func:`tmstarget.verdict.unit_verdict`; ``verdict`` and ``warnings`` in the JSON), from
+    this participant's numbers and the configuration only.
+    """
     from .datamethods import DATA_METHODS
     from .denoise import load_denoised
     from .reproducibility import (bootstrap, circular_block_bootstrap, reference_sites,
@@ -625,5 +653,10 @@ def reproducibility_step(npz_paths: Sequence[str | Path], target_json: str | Pat
         "reference_sites": refs,
         "full_targets": {m: {"x": t.x, "y": t.y, "z": t.z, "r": t.r} for m, t in full.items()},
     }
+    from .verdict import unit_verdict
+
+    qc = json.loads(Path(qc_path).read_text()) if qc_path else {}
+    out["verdict"] = unit_verdict(out, qc, cfg)
+    out["warnings"] = list(out["verdict"]["warnings"])
     write_json(out_json, out)
     return out

@@ -37,9 +37,19 @@ from . import __version__
 #: Every key of the whole configuration (used by the cohort files and the reports, which record
 #: the full configuration they were made with).
 ALL = "*"
+#: Keys that only choose which participants this run covers. They are left out of the
+#: per-participant report's configuration (:func:`rule_config`, :func:`strict_config`), so a
+#: report is identical, and not rerun, whether its participant ran alone or with others.
+SELECTION_KEYS: frozenset[str] = frozenset({"participant_label", "exclude_participants"})
+#: Rules whose configuration is everything but :data:`SELECTION_KEYS`.
+_UNIT_RULES = frozenset({"report"})
 
 #: Rule name -> configuration keys (``section.key``, or ``section`` for all of it) that shape
 #: its outputs. Keep in step with what each step reads (:func:`strict_config` enforces it).
+#: Data-quality warning thresholds (tmstarget.verdict.data_warnings).
+_WARN_KEYS = ("denoise.warn_retained_minutes", "denoise.warn_fd_mean_mm",
+              "denoise.warn_censored_fraction")
+
 RULE_CONFIG: dict[str, tuple[str, ...]] = {
     "denoise_run": ("denoise.strategy", "denoise.fd_threshold", "denoise.std_dvars_threshold",
                     "denoise.min_segment", "denoise.smoothing_fwhm", "denoise.high_pass",
@@ -53,9 +63,14 @@ RULE_CONFIG: dict[str, tuple[str, ...]] = {
     "reproducibility": ("reproducibility.split", "reproducibility.gap_seconds",
                         "reproducibility.bootstrap_resamples",
                         "reproducibility.bootstrap_block_seconds",
-                        "reproducibility.bootstrap_seed", "seed", "search", "target", "space"),
-    "native": ("native",),
-    "native_hotspot": ("native",),
+                        "reproducibility.bootstrap_seed", "seed", "search", "target", "space",
+                        # the per-participant verdict (tmstarget.verdict)
+                        "reproducibility.max_split_half_mm",
+                        "reproducibility.min_split_half_map_r",
+                        "reproducibility.max_bootstrap_radius_mm", *_WARN_KEYS),
+    # the verdict and warnings are written into the native JSON and the navigator files
+    "native": ("native", *_WARN_KEYS),
+    "native_hotspot": ("native", *_WARN_KEYS),
     "trial_blinded": ("trial.arms", "native.sphere_radius_mm", "native.localite_space"),
     "trial_engagement": ("seed", "space", "trial.engagement_radius_mm", "native.method"),
     "trial_engagement_cohort": ("trial.unblind",),
@@ -84,7 +99,7 @@ PLANNING_ONLY: frozenset[str] = frozenset({
 #: Keys that only shape the cohort tables (rule ``aggregate``) and the reports: changing one
 #: rebuilds those and nothing else.
 REPORT_ONLY: frozenset[str] = frozenset({
-    "reproducibility.max_bootstrap_radius_mm", "reproducibility.max_split_half_ratio",
+    "reproducibility.max_split_half_ratio",
 })
 
 
@@ -118,6 +133,8 @@ def rule_config(rule: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """
     keys = RULE_CONFIG[rule]
     if ALL in keys:
+        if rule in _UNIT_RULES:
+            return _sorted({k: v for k, v in config.items() if k not in SELECTION_KEYS})
         return _sorted(dict(config))
     out: dict[str, Any] = {}
     for key in keys:
@@ -193,6 +210,8 @@ def strict_config(values: Mapping[str, Any], full: Mapping[str, Any], rule: str)
         declared raises :class:`UndeclaredConfigKey` (also through ``.get`` with a default).
     """
     if ALL in RULE_CONFIG.get(rule, ()):
+        if rule in _UNIT_RULES:
+            return {k: v for k, v in full.items() if k not in SELECTION_KEYS}
         return dict(full)  # in the configuration's own key order (tmstarget_config.yaml)
     return _Strict(values, full, rule)
 

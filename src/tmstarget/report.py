@@ -485,32 +485,14 @@ def native_figure(t1w: nb.Nifti1Image, target: Sequence[float], entry: Sequence[
 # the per-subject report
 # --------------------------------------------------------------------------------------------
 
-def _warnings(tj: Mapping[str, Any], qc: Mapping[str, Any], reliability: Sequence[Mapping],
+def _warnings(verdict: Mapping[str, Any] | None, tj: Mapping[str, Any],
               headers: Sequence[Mapping[str, Any]],
               native_warnings: Sequence[Any] = ()) -> list[str]:
-    out: list[str] = []
-    for q in qc.get("runs", []):
-        name = Path(str(q.get("inputs", [{}])[0].get("path", "run"))).name
-        nv = max(int(q.get("n_volumes") or 0), 1)
-        frac = float(q.get("n_censored") or 0) / nv
-        fdm = q.get("fd_mean")
-        if (fdm is not None and fdm > HIGH_MOTION_FD_MEAN_MM) or frac > HIGH_CENSORED_FRACTION:
-            out.append(f"High motion in {name}: mean FD {fmt(fdm)} mm (flag above "
-                       f"{HIGH_MOTION_FD_MEAN_MM} mm), {int(q.get('n_censored') or 0)} of {nv} "
-                       f"volumes censored ({100 * frac:.0f} %; flag above "
-                       f"{100 * HIGH_CENSORED_FRACTION:.0f} %).")
-    minutes = float(qc.get("retained_seconds") or 0) / 60.0
-    if minutes < MIN_RETAINED_MINUTES:
-        out.append(f"Few retained volumes: {qc.get('retained_volumes')} volumes "
-                   f"({minutes:.1f} min) after scrubbing, less than {MIN_RETAINED_MINUTES:g} min; "
-                   "the map and target are noisy.")
-    out.extend(str(w) for w in tj.get("warnings", []))
-    for r in reliability:
-        if r.get("reliability") == "unreliable":
-            out.append(f"The {r['method']} target is flagged unreliable: "
-                       f"{r.get('reliability_reason') or 'see reproducibility'}.")
-    for w in native_warnings:
-        out.append(f"Native space: {w}")
+    """The report's warnings: :func:`tmstarget.verdict.participant_warnings` (the same list,
+    same text, as the native JSON's ``participant_warnings``) and the header concerns."""
+    from .verdict import participant_warnings
+
+    out = participant_warnings(verdict, tj.get("warnings", []), native_warnings)
     for h in headers:
         for c in h.get("concerns", []):
             out.append(f"qform/sform concern in {Path(h['path']).name}: {c}.")
@@ -545,17 +527,45 @@ def _default_mode(rimg: nb.Nifti1Image, targets: Mapping[str, Mapping[str, Any]]
         return {"error": f"not computed: {exc}"}
 
 
-def _read_reliability(targets_tsv: str | Path | None, pid: str, sid: str | None) -> list[dict]:
-    if not targets_tsv or not Path(targets_tsv).is_file():
-        return []
-    import pandas as pd
+def _summary_card(targets: Mapping[str, Mapping[str, Any]], native_sec: Mapping[str, Any],
+                  native: Mapping[str, Any] | None, verdict: Mapping[str, Any],
+                  warnings: Sequence[str], root: Path, space: str) -> dict[str, Any]:
+    """The answer first: the coordinate to load, its space and T1w, method, verdict, warnings,
+    where the exports are."""
+    from .verdict import method_word
 
-    df = pd.read_csv(targets_tsv, sep="\t", dtype=str, keep_default_na=False)
-    if "reliability" not in df.columns:
-        return []
-    df = df[(df.participant_id == pid) & (df.session_id == (sid or "n/a"))]
-    return [{"method": r.method, "reliability": r.reliability,
-             "reliability_reason": r.reliability_reason} for r in df.itertuples()]
+    method = native_sec.get("primary_method") if native_sec.get("available") else None
+    method = method if method in targets else next(iter(targets))
+    v = (verdict.get("methods") or {}).get(method) or {}
+    word = method_word(verdict, method)
+    t = targets[method]
+    card: dict[str, Any] = {
+        "method": method, "verdict": word, "reasons": list(v.get("reasons") or []),
+        "verdict_words": (
+            f"The {method} target is {word}"
+            + (f": {'; '.join(v['reasons'])}." if v.get("reasons") else
+               (" by this participant's own split-half and bootstrap results." if
+                word == "reliable" else " (reproducibility was not run).")))
+        if word else None,
+        "mni_mm": [t["x"], t["y"], t["z"]], "mni_space": space,
+        "n_warnings": len(warnings), "warnings": list(warnings),
+        "coordinate_mm": None, "coil_entry_mm": None, "space": None, "t1w": None,
+        "exports_folder": None,
+        "marker_file": None,
+    }
+    if native_sec.get("available"):
+        row = {r["method"]: r for r in native_sec.get("methods", [])}.get(method) or {}
+        card["coordinate_mm"] = row.get("t1w_mm")
+        coil = native_sec.get("coil") or {}
+        card["coil_entry_mm"] = (coil.get("entry_mm") if coil.get("method") in (None, method)
+                                 else None) or row.get("entry_mm")
+        card["space"] = "T1w (NIfTI world RAS+ mm of the T1w below)"
+        card["t1w"] = native_sec.get("t1w")
+        files = [e["file"] for e in native_sec.get("exports", []) if e.get("file")]
+        if files:
+            card["exports_folder"] = os.path.dirname(files[0]) or "."
+        card["marker_file"] = (native or {}).get("marker_file")
+    return card
 
 
 def _native_section(native: Mapping[str, Any] | None, native_path: str | Path | None,
@@ -697,7 +707,9 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
     repro_json, cloud_tsv : path, optional
         Reproducibility statistics and bootstrap cloud (section skipped when absent).
     targets_tsv : path, optional
-        Cohort ``targets.tsv`` with the reliability flags.
+        Ignored (kept for callers): the report reads only this participant's files, so it
+        does not change when another participant is added to the output folder. The verdict
+        comes from ``repro_json`` (:mod:`tmstarget.verdict`).
     native_json : path, optional
         Native (T1w) space target JSON; the section says "not run" when the file is absent.
     native_note : str, optional
@@ -717,8 +729,13 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
     repro = _load_json(repro_json)
     native = _load_json(native_json)
     pid, sid = tj["participant_id"], tj.get("session_id")
-    reliability = _read_reliability(targets_tsv, pid, sid)
-    rel_by_method = {r["method"]: r for r in reliability}
+    from .verdict import unit_verdict
+
+    verdict = (repro.get("verdict") if repro is not None else None) or unit_verdict(
+        repro, qc, cfg)
+    rel_by_method = {m: {"reliability": v["verdict"],
+                         "reliability_reason": "; ".join(v["reasons"])}
+                     for m, v in verdict["methods"].items()}
     origin = data_origin(cfg)
     simulated, input_name = origin["simulated"], origin["dataset_name"]
     preproc = preprocessing_section(cfg.get("fmriprep_dir"), pid, sid)
@@ -846,9 +863,11 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
         f = fig.get("file")
         if f and (root / f).is_file() and (root / f).stat().st_size > 100:
             figs[f"native_{key}"] = png_file_base64(root / f)
-    nw = native_sec.get("warnings") if native_sec["available"] else None
-    warnings = _warnings(tj, qc, reliability, headers,
-                         [str(w) for w in nw] if isinstance(nw, list) else [])
+    # the native JSON's "warnings" is this same participant list (tmstarget.verdict), not
+    # warnings of its own: not added again
+    warnings = _warnings(verdict, tj, headers)
+    summary_card = _summary_card(targets, native_sec, native, verdict, warnings, root,
+                                 cfg.get("space") or MNI_SPACE)
     rel = lambda p: os.path.relpath(str(p), str(root)) if p else None
     data: dict[str, Any] = {
         "participant_id": pid, "session_id": sid,
@@ -858,6 +877,8 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
         "simulated": simulated, "input_dataset_name": input_name,
         "space": cfg.get("space") or MNI_SPACE, "convention": CONVENTION,
         "warnings": warnings,
+        "verdict": verdict,
+        "summary": summary_card,
         "inputs": list(tj.get("inputs", [])),
         "reference_image": {"path": rel(root / tj["reference_image"]["path"]),
                             "sha256": tj["reference_image"]["sha256"]},
@@ -896,7 +917,8 @@ def subject_report_step(target_json: str | Path, rmap_path: str | Path,
 
 def cohort_report_step(report_jsons: Sequence[str | Path], output_root: str | Path,
                        out_html: str | Path, report_htmls: Sequence[str | Path] = (),
-                       summary_json: str | Path | None = None) -> dict[str, Any]:
+                       summary_json: str | Path | None = None,
+                       targets_tsv: str | Path | None = None) -> dict[str, Any]:
     """Write ``cohort_report.html``: all units in one sortable table, targets on one glass brain,
     within- vs between-subject distances, flags and links to the per-subject reports.
 
@@ -912,6 +934,9 @@ def cohort_report_step(report_jsons: Sequence[str | Path], output_root: str | Pa
         The per-subject HTML reports, in the same order as ``report_jsons``.
     summary_json : path, optional
         ``reproducibility_summary.json`` (cohort distances).
+    targets_tsv : path, optional
+        The cohort ``targets.tsv``; its ``cohort_reliability`` columns (the comparison with the
+        participants in this folder) fill the labelled cohort-comparison section.
 
     Returns
     -------
@@ -979,6 +1004,19 @@ def cohort_report_step(report_jsons: Sequence[str | Path], output_root: str | Pa
     figs = {"glass": fig_to_base64(gd.frame_axes.figure),
             "distances": fig_to_base64(distance_figure(within, between))}
     summary = _load_json(summary_json)
+    cohort_rows: list[dict[str, Any]] = []
+    if targets_tsv and Path(targets_tsv).is_file():
+        import pandas as pd
+
+        tdf = pd.read_csv(targets_tsv, sep="\t", dtype=str, keep_default_na=False)
+        if "cohort_reliability" in tdf.columns:
+            cohort_rows = [{k: r[k] for k in ("participant_id", "session_id", "method",
+                                              "reliability", "cohort_reliability",
+                                              "cohort_reliability_reason")}
+                           for r in tdf.to_dict("records")]
+    cohort = {"rows": cohort_rows,
+              "participants": sorted({r["participant_id"] for r in cohort_rows}),
+              "ratio_limit": (summary or {}).get("max_split_half_ratio")}
     data = {"generated": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "software_version": __version__, "research_use": RESEARCH_USE,
             "orientation": ORIENTATION, "simulated": simulated,
@@ -988,7 +1026,8 @@ def cohort_report_step(report_jsons: Sequence[str | Path], output_root: str | Pa
             "rows": rows, "units": units, "methods": methods,
             "within_mm": within, "between_mm": between,
             "summary": summary.get("methods") if summary else None,
-            "n_unreliable": sum(r["reliability"] == "unreliable" for r in rows)}
+            "n_unreliable": sum(r["reliability"] == "unreliable" for r in rows),
+            "cohort_comparison": cohort}
     html = _env().get_template("cohort_report.html.j2").render(
         d=data, figs=figs, colours={m: _colour(m, i) for i, m in enumerate(methods)})
     write_text(out_html, html)

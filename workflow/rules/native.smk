@@ -52,6 +52,15 @@ def get_unit_target_json(wildcards):
     return f"{OUT}/{up}_space-{SPACE}_desc-target_coords.json"
 
 
+def get_unit_verdict_inputs(wildcards):
+    """The unit's seed-map QC and reproducibility stats (its own verdict, tmstarget.verdict)."""
+    up = PLAN.anat_units[wildcards.anatprefix]
+    files = {"qc": f"{OUT}/work/{up}_desc-seedmap_qc.json"}
+    if config["reproducibility"]["enabled"]:
+        files["repro"] = f"{OUT}/{up}_space-{SPACE}_desc-reproducibility_stats.json"
+    return files
+
+
 def get_unit_rmap(wildcards):
     up = PLAN.anat_units[wildcards.anatprefix]
     return f"{OUT}/{up}_space-{SPACE}_desc-sgacc_stat-r_boldmap.nii.gz"
@@ -73,6 +82,7 @@ def native_outputs(with_5cm):
 rule native:
     input:
         unpack(get_anat_files),
+        unpack(get_unit_verdict_inputs),
         coords=get_unit_target_json,
         rmap=get_unit_rmap,
         stamp=stamp_input("native", "anatprefix"),
@@ -98,6 +108,7 @@ rule native:
 rule native_hotspot:
     input:
         unpack(get_anat_files),
+        unpack(get_unit_verdict_inputs),
         coords=get_unit_target_json,
         rmap=get_unit_rmap,
         stamp=stamp_input("native_hotspot", "anatprefix"),

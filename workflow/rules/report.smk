@@ -1,9 +1,8 @@
 # Reports: one self-contained HTML (+ JSON twin) per participant/session, and a cohort report.
 #
-# `report` reads the cohort targets.tsv (the reliability flag is relative to the cohort's
-# between-subject distances), so it runs after `aggregate` and is NOT in the "participant"
-# group: a group job may not depend on a job outside it (aggregate) that depends on the group
-# again (Snakemake refuses such groups).
+# `report` reads only its participant's own files (the verdict is in the reproducibility
+# stats JSON, tmstarget.verdict), never the cohort targets.tsv, so adding a participant to the
+# output folder does not rerun or change it. The cohort comparison is in the cohort report.
 
 localrules:
     cohort_report,
@@ -50,7 +49,6 @@ def get_report_inputs(wildcards):
         "region": f"{base}searchregion_mask.nii.gz",
         "qc": f"{OUT}/work/{p}_desc-seedmap_qc.json",
         "seed_tsv": f"{OUT}/{p}_desc-sgacc_timeseries.tsv",
-        "targets_tsv": f"{OUT}/targets.tsv",
     }
     if config["reproducibility"]["enabled"]:
         files["repro"] = f"{base}reproducibility_stats.json"

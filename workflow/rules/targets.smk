@@ -111,6 +111,7 @@ rule reproducibility:
         rmap=rules.seed_map.output.rmap,
         mask=rules.seed_map.output.mask,
         region=rules.target.output.region,
+        qc=rules.seed_map.output.qc,
         user_seed=get_user_files("seed"),
         stamp=stamp_input("reproducibility", "prefix"),
         group_map=get_group_map_input,
