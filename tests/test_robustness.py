@@ -125,10 +125,6 @@ def job_counts(text: str) -> dict[str, int]:
         found = dict((k, int(v)) for k, v in (item.rsplit(" ", 1) for item in m.group(1).split(", ")))
         return {rule: found.get(rule, 0) for rule in RULES}
     counts = {}
-    plan = re.search(r"steps: \d+ \(([^)]*)\)", text)  # the CLI's dry-run plan summary
-    if plan:
-        found = dict((name, int(n)) for name, n in re.findall(r"(\w+) (\d+)", plan.group(1)))
-        return {rule: found.get(rule, 0) for rule in RULES}
     for rule in RULES:
         m = re.search(rf"^\s*{rule}\s+(\d+)\s*$", text, re.MULTILINE)
         counts[rule] = int(m.group(1)) if m else 0
