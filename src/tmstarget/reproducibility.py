@@ -6,7 +6,7 @@ region and the seed, not a loop over voxels.
 
 References
 ----------
-Cash RFH et al. (2021) Biol Psychiatry 90:689-700 (within- vs between-subject target
+Cash RFH et al. (2021) Hum Brain Mapp 42:4155-4172 (within- vs between-subject target
 distances). Künsch HR (1989) Ann Stat 17:1217 and Politis DN, Romano JP (1992) (circular block
 bootstrap).
 """

@@ -7,9 +7,11 @@ same output folder, so a verdict once written changes only when this participant
 the configuration change. Data-quality warnings (retained minutes, mean framewise
 displacement, censored fraction) use ``denoise.warn_*`` thresholds.
 
-Reference for the split-half threshold: within-subject split-half target distances of
-~4.5 mm against ~13 mm between subjects for sgACC-anticorrelation targets (Cash RFH et al.
-2021, *Biol Psychiatry* 90:689-700); the default 6.5 mm lies between the two.
+Reference for the split-half threshold: two halves of one person's scan typically give
+targets ~4.5 mm apart, different people's targets differ by ~13 mm; the default 6.5 mm lies
+between the two. With long, optimised scans Cash RFH et al. 2021 (*Hum Brain Mapp*
+42:4155-4172) report a median 2-2.7 mm between repeated scans and between-person variation up
+to 6.85 times the within-person one.
 
 Words used: ``reliable``, ``unreliable`` (with reasons), ``not assessed`` (reproducibility
 off or not run).
