@@ -183,6 +183,11 @@ def test_every_sample_unit_gets_a_report_and_the_cohort_report_links_them(sample
                 assert re.search(rf'coord-{ax}">([^<]*)<', row).group(1) == f"{tg[ax]:.2f}"
                 assert twin["targets"][m][ax] == tg[ax]
         assert twin["native"]["available"] and "native" in twin["figures"], unit
+        # the card says left in words (a left target's T1w x can be > 0 in the scanner frame)
+        lat = twin["summary"]["laterality"]
+        assert lat["passed"] and lat["hemisphere_mni"] == "left", (unit, lat)
+        assert lat["target_x_minus_brain_centre_x_mm"] < 0, (unit, lat)
+        assert "laterality check</th><td>passed: target in the <strong>LEFT</strong>" in html
         assert "reproducibility" in twin and twin["reproducibility"]["methods"]
     assert "http://" not in cohort and "https://" not in cohort
 

@@ -552,6 +552,7 @@ def _summary_card(targets: Mapping[str, Mapping[str, Any]], native_sec: Mapping[
         "coordinate_mm": None, "coil_entry_mm": None, "space": None, "t1w": None,
         "exports_folder": None,
         "marker_file": None,
+        "laterality": None,
     }
     if native_sec.get("available"):
         row = {r["method"]: r for r in native_sec.get("methods", [])}.get(method) or {}
@@ -565,6 +566,11 @@ def _summary_card(targets: Mapping[str, Mapping[str, Any]], native_sec: Mapping[
         if files:
             card["exports_folder"] = os.path.dirname(files[0]) or "."
         card["marker_file"] = (native or {}).get("marker_file")
+        lat = (native or {}).get("laterality_check")
+        if isinstance(lat, Mapping):
+            card["laterality"] = {k: lat.get(k) for k in (
+                "passed", "hemisphere_mni", "target_x_minus_brain_centre_x_mm",
+                "brain_centre_t1w_mm")}
     return card
 
 
