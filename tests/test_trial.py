@@ -162,6 +162,21 @@ def test_blinded_files_reveal_nothing(tmp_path: Path, arm: str) -> None:
     assert "Target" in files["brainsight"].read_text()
 
 
+def test_blinding_drops_the_labels_and_notes_a_pose_carries(tmp_path: Path) -> None:
+    """A pose handed over with its unblinded entry labels and verdict note (as the native
+    step makes them) still gives blinded files that reveal nothing."""
+    from dataclasses import replace
+
+    t1w = make_t1w(tmp_path / "sub-01_desc-preproc_T1w.nii.gz")
+    target, name = ARM_POSES["connectivity"]
+    pose = replace(_pose(t1w, target, name), target_label=f"{name} cortical target",
+                   entry_label=f"{name} coil on scalp",
+                   note="UNRELIABLE: cluster split-half 9.1 mm (sgACC connectivity)")
+    files = trial.write_blinded(pose, t1w, tmp_path / "out", "01", "1", "A")
+    for p in files.values():
+        assert not trial.reveal_scan(p.read_bytes()), p.name
+
+
 def test_reveal_scan_catches_the_unblinded_names(tmp_path: Path) -> None:
     """The oracle works: the same pose through the ordinary writers is caught."""
     for arm, (target, name) in ARM_POSES.items():

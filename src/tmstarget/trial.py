@@ -272,7 +272,9 @@ def blinded_pose(pose: nav.CoilPose) -> nav.CoilPose:
     """
     m = pose.matrix.copy()
     m[:3, 3] = np.round(m[:3, 3], POSITION_DECIMALS)
-    return replace(pose, name=BLINDED_NAME, matrix=m,
+    # every text the writers take from a pose is reset: labels and notes name the method
+    return replace(pose, name=BLINDED_NAME, target_label=None, entry_label=None, note="",
+                   matrix=m,
                    target_mm=np.round(pose.target_mm, POSITION_DECIMALS),
                    entry_mm=np.round(pose.entry_mm, POSITION_DECIMALS))
 
