@@ -99,6 +99,7 @@ def read_all_positions(rec: dict, root: Path, exports: list | None = None
     found = {
         "brainsight": rd.read_brainsight(f["brainsight"]).targets[0].matrix[:3, 3],
         "brainsight_v12": rd.read_brainsight(f["brainsight_v12"]).targets[0].matrix[:3, 3],
+        "brainsight_cortical": rd.read_brainsight(f["brainsight"]).targets[1].matrix[:3, 3],
         "localite_im": rd.read_localite_instrument_markers(
             f["localite_instrument_markers"]).markers[0].matrix[:3, 3],
         "localite_target": rd.read_localite_entry_target(f["localite_entry_target"])[0][0].target,
@@ -558,9 +559,13 @@ def test_an_unreliable_primary_target_is_marked_in_every_export(tmp_path: Path) 
     assert saved["verdict"]["primary_verdict"] == saved["verdict"]["status"] == "unreliable"
     assert saved["verdict"]["methods"]["classic"]["verdict"] == "reliable"
     assert any(w.startswith("The cluster target is unreliable") for w in saved["warnings"])
-    # single-entry formats (the coil pose): named as the coil on the scalp, and marked
-    (bs,) = rd.read_brainsight(f["brainsight"]).targets
+    # Brainsight: the coil pose (first row, as before) and the cortical target (a trajectory
+    # target with the coil's orientation), both named and marked
+    bs, bs_cortex = rd.read_brainsight(f["brainsight"]).targets
     assert bs.name == "sub-01 cluster coil on scalp UNRELIABLE"
+    assert bs_cortex.name == "sub-01 cluster cortical target UNRELIABLE"
+    assert np.allclose(bs_cortex.matrix[:3, :3], bs.matrix[:3, :3])
+    assert np.allclose(bs_cortex.matrix[:3, 3], rec["targets"]["cluster"]["t1w_mm"], atol=1e-4)
     assert "UNRELIABLE" in rd.read_brainsight(f["brainsight"]).header["Notes"]
     assert rd.read_ant_mrk(f["ant_mrk"]).markers[0].name.endswith("UNRELIABLE")
     # two-entry formats: the cortical target and the scalp entry are separate named entries
@@ -589,8 +594,9 @@ def test_an_unreliable_primary_target_is_marked_in_every_export(tmp_path: Path) 
     assert not marker.exists()
     assert not list(out.parent.glob("*_UNRELIABLE.txt")) and not list(
         out.parent.glob("*_WARNINGS.txt"))
-    (bs,) = rd.read_brainsight(f["brainsight"]).targets
-    assert bs.name == "sub-01 cluster coil on scalp"
+    bs, bs_cortex = rd.read_brainsight(f["brainsight"]).targets
+    assert (bs.name, bs_cortex.name) == ("sub-01 cluster coil on scalp",
+                                         "sub-01 cluster cortical target")
     assert json.loads(out.read_text())["verdict"]["primary_verdict"] == "reliable"
 
 

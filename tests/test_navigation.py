@@ -247,9 +247,13 @@ def test_roundtrip_every_format(tmp_path: Path, t1w_ras: Path) -> None:
     ):
         b = rd.read_brainsight(out[key])
         assert b.version == version and b.coordinate_system == coord and b.is_nifti_world
-        (t,) = b.targets
+        t, tc = b.targets
         assert t.name == "L-DLPFC" and not t.repaired_suspect and t.det == pytest.approx(1)
         assert_same_pose(t.matrix, M)
+        # the cortical target: a trajectory target with the coil's orientation
+        assert tc.name == "L-DLPFC trajectory" and not tc.repaired_suspect
+        assert np.allclose(tc.matrix[:3, 3], pose.target_mm, atol=1e-5)
+        assert np.allclose(tc.matrix[:3, :3], M[:3, :3], atol=1e-6)
         assert "sub-01_T1w.nii.gz" in b.header["Notes"] and "space T1w" in b.header["Notes"]
 
     lf = rd.read_localite_instrument_markers(out["localite_instrument_markers"])
@@ -380,6 +384,7 @@ def test_laterality_canary(tmp_path: Path, orient: str) -> None:
     found: dict[str, np.ndarray] = {}
     found["brainsight"] = rd.read_brainsight(out["brainsight"]).targets[0].matrix[:3, 3]
     found["brainsight_v12"] = rd.read_brainsight(out["brainsight_v12"]).targets[0].matrix[:3, 3]
+    found["brainsight_cortical_target"] = rd.read_brainsight(out["brainsight"]).targets[1].matrix[:3, 3]
     found["localite"] = (
         rd.read_localite_instrument_markers(out["localite_instrument_markers"])
         .markers[0]
@@ -582,14 +587,17 @@ def test_hostile_labels_roundtrip(tmp_path: Path, name: str) -> None:
         and rows[0]["image_name"] == "sub-<01>&--x_T1w.nii.gz"
     )
 
-    # Line-based formats: one row each; line breaks (and Brainsight's tab/semicolon) become spaces.
+    # Line-based formats: line breaks (and Brainsight's tab/semicolon) become spaces.
     one_line = name.replace("\n", " ").replace("\t", " ")
     fc = rd.read_fcsv(out["fcsv"])
     assert [p.label for p in fc.points] == [one_line, f"{one_line} entry"]
     bs = rd.read_brainsight(out["brainsight"])
-    assert len(bs.targets) == 1
+    assert len(bs.targets) == 2  # the coil pose, then the cortical target (same orientation)
     assert bs.targets[0].name == one_line.replace(";", " ")
+    assert bs.targets[1].name == f"{one_line.replace(';', ' ')} trajectory"
     assert_same_pose(bs.targets[0].matrix, pose.matrix)
+    assert np.allclose(bs.targets[1].matrix[:3, 3], pose.target_mm, atol=1e-5)
+    assert np.allclose(bs.targets[1].matrix[:3, :3], pose.matrix[:3, :3], atol=1e-6)
 
 
 # ------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import pytest
 from test_navigation import HEAD_CENTRE, LEFT_DLPFC, make_t1w
 
 from tmstarget import navigation as nav
+from tmstarget import navreaders as rd
 from tmstarget import trial
 from tmstarget.errors import InputError
 
@@ -160,6 +161,9 @@ def test_blinded_files_reveal_nothing(tmp_path: Path, arm: str) -> None:
     # the name is neutral in every navigator format
     assert json.loads(files["json"].read_text())["name"] == "Target"
     assert "Target" in files["brainsight"].read_text()
+    # Brainsight: the coil pose and the cortical point (a trajectory target), neutrally named
+    assert [t.name for t in rd.read_brainsight(files["brainsight"]).targets] == [
+        "Target", "Target trajectory"]
 
 
 def test_blinding_drops_the_labels_and_notes_a_pose_carries(tmp_path: Path) -> None:

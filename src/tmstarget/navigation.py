@@ -756,11 +756,15 @@ def _render_brainsight(pose: CoilPose, version: int = 14, form: Literal["q", "s"
     cols = ["Target Name", "Loc. X", "Loc. Y", "Loc. Z"] + [
         f"m{i}n{j}" for i in range(3) for j in range(3)
     ]
-    vals = (
-        [name]
-        + [f"{b[k, 3]:.6f}" for k in range(3)]
-        + [f"{b[j, i]:.8f}" for i in range(3) for j in range(3)]
-    )
+    # Row 1 (unchanged since the first release): the coil pose, at the coil centre on the scalp.
+    # Row 2: the cortical target as a trajectory target with the coil's orientation (z out of
+    # the head along the coil axis), so Brainsight shows the coil's distance to the cortical
+    # point and its off-axis error, as for a target placed on the cortex by hand.
+    tname = _line_field(pose.target_label or f"{pose.name} trajectory",
+                        "\t\r\n;").lstrip("#").strip() or "trajectory"
+    if tname == name:
+        tname = f"{name} (cortical)"
+    rows = [(name, b[:3, 3]), (tname, pose.target_mm)]
     lines = [
         f"# Version: {version}",
         f"# Coordinate system: {coord}",
@@ -769,8 +773,13 @@ def _render_brainsight(pose: CoilPose, version: int = 14, form: Literal["q", "s"
         "# Encoding: UTF-8",
         f"# Notes: {notes}",
         "# " + "\t".join(cols),
-        "\t".join(vals),
     ]
+    for label, loc in rows:
+        lines.append("\t".join(
+            [label]
+            + [f"{float(loc[k]):.6f}" for k in range(3)]
+            + [f"{b[j, i]:.8f}" for i in range(3) for j in range(3)]
+        ))
     return ("\n".join(lines) + "\n").encode("utf-8")
 
 
@@ -783,8 +792,11 @@ def write_brainsight(
 ) -> Path:
     """Write a Brainsight target file (tab-separated ``.txt``).
 
-    ``B = M @ diag(-1, 1, -1, 1)``; column ``m{i}n{j}`` holds ``B[j, i]`` (component j of axis i);
-    ``Loc.`` is the coil centre. The coordinate system is named from the T1w header (see
+    ``B = M @ diag(-1, 1, -1, 1)``; column ``m{i}n{j}`` holds ``B[j, i]`` (component j of axis i).
+    Two targets: the first (named ``pose.name``, e.g. "... coil on scalp") has ``Loc.`` at the
+    coil centre; the second (``pose.target_label``, else "<name> trajectory") is the
+    cortical target with the coil's orientation (a trajectory target: Brainsight then reports
+    the coil's distance and off-axis error to the cortical point). The coordinate system is named from the T1w header (see
     :func:`brainsight_coordinate_system`); the ``# Notes`` line names the space and T1w file.
     Tabs, semicolons and line breaks in the name become spaces and a leading ``#`` is dropped
     (the format has no escaping).
