@@ -673,7 +673,7 @@ def native_figure(t1w: nb.Nifti1Image, target: Sequence[float], entry: Sequence[
         aff[:3, :3] *= step
         t1w = nb.Nifti1Image(np.asarray(t1w.dataobj)[::step, ::step, ::step], aff)
     band = 0.2
-    fig = plt.figure(figsize=(FIG_WIDTH_IN * 1.2, 5.0), facecolor="k")
+    fig = plt.figure(figsize=(FIG_WIDTH_IN, 4.5), facecolor="k")
     display = plotting.plot_anat(t1w, cut_coords=list(map(float, target)), display_mode="ortho",
                                  annotate=False, draw_cross=False, radiological=False,
                                  dim=-0.5, black_bg=True, colorbar=False, figure=fig,
@@ -706,8 +706,9 @@ def native_figure(t1w: nb.Nifti1Image, target: Sequence[float], entry: Sequence[
     for k, text in labels.items():
         if k in display.axes:
             ax = display.axes[k].ax
-            ax.text(0.5, 1.02, text, transform=ax.transAxes, ha="center", va="bottom",
-                    color="white", fontsize=11, fontweight="bold" if k == "x" else "normal")
+            ax.text(0.0 if k == "x" else 0.5, 1.02, text, transform=ax.transAxes,
+                    ha="left" if k == "x" else "center", va="bottom", color="white",
+                    fontsize=10, fontweight="bold" if k == "x" else "normal")
     handles = [_legend_handle(f"cortical target ({method or 'target'}, exported)", colour,
                               shape, 11.0)]
     if entry is not None:
