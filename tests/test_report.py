@@ -637,3 +637,35 @@ def test_signoff_fits_one_printed_page(reports, tmp_path):
     many = block.replace("</ol>", "".join(re.findall(r"<li>.*?</li>", block, re.DOTALL)) * 2
                          + "</ol>")
     assert _pdf_pages(head + "<body>" + many + "</body></html>", tmp_path, "many") > 1
+
+
+def test_figure_fonts_are_at_least_10_pt(tmp_path):
+    """Every text in the report's figures is >= 10 pt (at 100 dpi, >= 900 px wide figures)."""
+    unit = make_unit(tmp_path, "05")
+    rmap = nb.load(unit["rmap_path"])
+    mk = {"cluster": (TARGET,), "classic": (TARGET,), "ref F3": ((-37.0, 26.0, 49.0),
+                                                                 *R.REFERENCE_STYLE)}
+    t1 = nb.Nifti1Image(np.ones((40, 40, 40), np.float32), np.diag([4.0, 4, 4, 1]))
+    figs = {
+        "map": R.map_figure(rmap, TARGET, mk, primary="cluster").frame_axes.figure,
+        "zoom": R.map_figure(rmap, TARGET, mk, zoom_mm=30, primary="cluster").frame_axes.figure,
+        "glass": R.glass_figure(rmap, mk, primary="cluster").frame_axes.figure,
+        "cloud": R.cloud_figure({"cluster": np.array([TARGET] * 3)}, {"cluster": TARGET},
+                                {"cluster": (TARGET, TARGET)}, primary="cluster"),
+        "fd": R.fd_figure([{"fd": [0.1, 0.2], "fd_threshold": 0.5, "bold": "x"}]),
+        "seed_ts": R.timeseries_figure(np.arange(10.0), 2.0),
+        "distances": R.distance_figure({"cluster": [1.0, 2.0]}, {"cluster": [3.0]}),
+        "native": R.native_figure(t1, [10, 10, 10], [20, 20, 20], [0, 0, 1], [1, 0, 0],
+                                  "cluster").frame_axes.figure,
+        "cohort": R.cohort_glass_figure([{"unit": "sub-01", "method": "cluster",
+                                          "xyz": TARGET, "primary": True}]).frame_axes.figure,
+    }
+    for name, fig in figs.items():
+        fig.canvas.draw()
+        texts = [t for t in fig.findobj(matplotlib.text.Text)
+                 if t.get_visible() and t.get_text().strip()]
+        assert texts, name
+        small = [(t.get_text(), t.get_fontsize()) for t in texts if t.get_fontsize() < 10]
+        assert not small, (name, small)
+        assert fig.get_size_inches()[0] * R.DPI >= R.MIN_FIGURE_WIDTH_PX, name
+        matplotlib.pyplot.close(fig)
