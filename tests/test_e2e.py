@@ -138,6 +138,11 @@ def test_native_exports_for_every_subject_and_session(sample_run):
         assert 5.0 < tg["scalp_to_target_mm"] < 40.0 and tg["scalp_to_cortex_mm"] > 5.0
         assert d["scalp_to_cortex_mm"]["hotspot"] is not None
         assert "not a prescription" in d["depth_advice"]
+        # one unit (%MSO added to the resting motor threshold), printed numbers multiply out
+        adj = d["depth_adjustment"]
+        assert adj["mso_points"] == round(adj["mso_points_per_mm"] * adj["deeper_mm"], 1)
+        assert f"= {abs(adj['mso_points']):.1f} %MSO" in d["depth_advice"]
+        assert "% of stimulator output" not in d["depth_advice"]
         # scalp rules on the participant's own (Colin27) scalp, with r from its own map
         sr = d["scalp_rules"]
         base = stem[: -len("_desc-target")]
@@ -188,6 +193,14 @@ def test_every_sample_unit_gets_a_report_and_the_cohort_report_links_them(sample
         assert lat["passed"] and lat["hemisphere_mni"] == "left", (unit, lat)
         assert lat["target_x_minus_brain_centre_x_mm"] < 0, (unit, lat)
         assert "laterality check</th><td>passed: target in the <strong>LEFT</strong>" in html
+        # the laterality check beside the T1w figure, its sagittal panel labelled in words
+        assert 'id="laterality-panel"' in html and "<strong>LEFT</strong> (from MNI)" in html
+        assert twin["native"]["laterality"]["panel_label"].startswith("LEFT hemisphere (x = ")
+        # methods paragraph from this run's configuration; sign-off block at the end
+        methods = " ".join(twin["methods_text"]["paragraphs"])
+        assert "above 0.5 mm" in methods and "SIMULATED" in methods
+        assert html.index('id="methods"') < html.index('id="signoff"')
+        assert twin["primary_method"] == twin["summary"]["method"]
         assert "reproducibility" in twin and twin["reproducibility"]["methods"]
     assert "http://" not in cohort and "https://" not in cohort
 

@@ -614,3 +614,26 @@ def test_a_warned_target_is_marked_and_not_assessed_without_reproducibility(tmp_
     assert marker.is_file() and "4.3 min" in marker.read_text()
     f = {e["key"]: tmp_path / "out" / e["file"] for e in rec["exports"]}
     assert rd.read_brainsight(f["brainsight"]).targets[0].name.endswith("WARNINGS")
+
+
+def test_depth_advice_one_unit_and_exact_rounding():
+    """The depth advice speaks of one unit only (percentage points of maximum stimulator output
+    added to the resting motor threshold) and its printed numbers multiply out: 1.5 mm deeper
+    is 3 x 1.5 = 4.5 %MSO, not '4' (issue 16)."""
+    from tmstarget.native import STOKES_PERCENT_PER_MM, _depth_advice, depth_adjustment
+
+    adj = depth_adjustment(14.5, 13.0)
+    assert adj["deeper_mm"] == 1.5 and adj["mso_points"] == 4.5
+    assert adj["mso_points"] == round(STOKES_PERCENT_PER_MM * adj["deeper_mm"], 1)
+    text = _depth_advice(14.5, 13.0)
+    assert "3 x 1.5 mm = 4.5 %MSO" in text and "50.0 %MSO -> 54.5 %MSO" in text
+    assert "resting motor threshold" in text and "not a percentage of the RMT" in text
+    assert "% of stimulator output" not in text and "percentage points relative" not in text
+    assert "not a prescription" in text
+    # the printed distances, not the unrounded ones, give the difference (14.24 - 12.76)
+    adj = depth_adjustment(14.24, 12.76)
+    assert (adj["target_mm"], adj["hotspot_mm"], adj["deeper_mm"]) == (14.2, 12.8, 1.4)
+    assert "3 x 1.4 mm = 4.2 %MSO" in _depth_advice(14.24, 12.76)
+    shallower = _depth_advice(12.0, 16.5)
+    assert "4.5 mm shallower" in shallower and "minus 3 x 4.5 mm = 13.5 %MSO" in shallower
+    assert depth_adjustment(None, 12.0) is None and "no depth advice" in _depth_advice(None, 1.0)

@@ -151,6 +151,10 @@ def make_unit(root: Path, participant: str = "01", session: str | None = None,
             "exports": [{"file": "sub-01/anat/x_brainsight.txt", "format": "Brainsight",
                          "space": "T1w", "how_to_load": f"Targets > Import {HOSTILE}"}],
             "scalp_rules": _scalp_rules_record(root, anat),
+            "laterality_check": {"jacobian_determinant": 1.0,
+                                 "brain_centre_t1w_mm": [-2.0, -18.0, 18.0],
+                                 "target_x_minus_brain_centre_x_mm": -38.0,
+                                 "hemisphere_mni": "left", "passed": True},
         }))
     out_base = root / f"sub-{participant}" / (sid or "") / (
         f"sub-{participant}" + (f"_{sid}" if sid else ""))
@@ -436,3 +440,232 @@ def test_summary_card_leads_with_the_answer(reports):
     assert plain["coordinate_mm"] is None and plain["method"] in reports["plain_data"]["targets"]
     assert "native-space step not run" in reports["plain_html"][:reports["plain_html"].index(
         'id="warnings"')]
+
+
+# --------------------------------------------------------------------------------------------
+# issue 16: one marker per method, primary on top, legends, wide figures, navigation, laterality
+# beside the T1w figure, methods paragraph, sign-off
+# --------------------------------------------------------------------------------------------
+
+def _figures(html: str) -> dict[str, np.ndarray]:
+    """alt text -> RGB pixels of every embedded PNG."""
+    from PIL import Image
+    import io
+
+    out = {}
+    for alt, b64 in re.findall(r'<img alt="([^"]*)" src="data:image/png;base64,([^"]+)"', html):
+        out[alt] = np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+    return out
+
+
+def _count(rgb: np.ndarray, colour: str, tol: int = 40) -> int:
+    want = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return int((np.abs(rgb.astype(int) - want).max(axis=-1) <= tol).sum())
+
+
+def test_primary_marker_on_top_when_targets_coincide(tmp_path):
+    """Cluster (primary) and weighted at the same voxel, weighted listed last: the primary's
+    colour is still visible on every slice panel of the zoom (drawn last and larger); before,
+    the later marker covered it completely (0 visible pixels, issue 16)."""
+    unit = make_unit(tmp_path, "08")
+    same = TARGET
+    markers = {"cluster": (same,), "weighted": (same,), "classic": (same,)}
+    display = R.map_figure(nb.load(unit["rmap_path"]), same, markers, zoom_mm=30,
+                           primary="cluster")
+    fig = display.frame_axes.figure
+    fig.canvas.draw()
+    rgba = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+    h = rgba.shape[0]
+    magenta, orange = R.METHOD_COLOURS["cluster"], R.METHOD_COLOURS["weighted"]
+    for k in ("x", "y", "z"):
+        bb = display.axes[k].ax.get_window_extent()
+        panel = rgba[int(h - bb.y1):int(h - bb.y0), int(bb.x0):int(bb.x1)]
+        assert _count(panel, magenta, 30) > 60, k  # the primary is visible on this panel
+        assert _count(panel, orange, 30) < 5, k  # the others are under it, not over it
+        # the primary is on top: the pixels at the common centre are its colour
+        cx, cy = display.axes[k].ax.transData.transform(R._project(same, k))
+        centre = rgba[int(h - cy) - 2:int(h - cy) + 3, int(cx) - 2:int(cx) + 3]
+        assert _count(centre, magenta, 30) == centre.shape[0] * centre.shape[1], k
+    # a legend names every method, the primary marked as such
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "weighted" in texts and "classic" in texts
+    assert any(t.startswith("cluster") and "primary" in t for t in texts)
+    matplotlib.pyplot.close(fig)
+
+
+def test_same_marker_per_method_in_every_report_figure(tmp_path):
+    """A report whose cluster (exported) and weighted targets coincide: in the MNI slices, zoom,
+    glass brain and bootstrap cloud the cluster colour is visible, in the T1w figure the cortical
+    target has the exported method's colour (cluster magenta, not the old green that meant
+    'classic' elsewhere) and the scalp entry its own red."""
+    unit = make_unit(tmp_path, "07", native=True)
+    tj = json.loads(unit["target_json"].read_text())
+    for ax in ("x", "y", "z"):
+        tj["targets"]["weighted"][ax] = tj["targets"]["cluster"][ax]
+    unit["target_json"].write_text(json.dumps(tj))
+    html, data = _render(unit)
+    assert data["primary_method"] == "cluster"
+    figs = _figures(html)
+    magenta = R.METHOD_COLOURS["cluster"]
+    for alt in ("seed-correlation map, orthogonal slices", "DLPFC zoom", "glass brain",
+                "bootstrap cloud"):
+        rgb = figs[alt]
+        panels = rgb[: int(rgb.shape[0] * 0.78)]  # above the legend row
+        assert _count(panels, magenta, 30) > 60, alt
+    t1 = figs["target on T1w"]
+    assert _count(t1, magenta, 30) > 60
+    assert _count(t1, "#00ff00", 30) == 0 and _count(t1, R.METHOD_COLOURS["classic"], 20) == 0
+    assert _count(t1, R.ENTRY_STYLE[0], 30) > 30  # the scalp entry, in its own colour
+    assert R.ENTRY_STYLE[1] not in {mk for _, mk in R.METHOD_STYLES.values()}  # its own shape
+    # every method has one colour and one shape, all different
+    styles = list(R.METHOD_STYLES.values())
+    assert len({c for c, _ in styles}) == len(styles) == len({m for _, m in styles})
+
+
+def test_report_figures_are_at_least_900_px_wide(reports):
+    """Every figure the report draws is >= 900 px wide (the scalp figures of the fixture come
+    from the native step and are not the report's)."""
+    not_ours = {"head mask and coil entries on T1w", "landmarks and scalp measurements"}
+    seen = 0
+    for html in _all_html(reports):
+        for alt, rgb in _figures(html).items():
+            if alt in not_ours:
+                continue
+            assert rgb.shape[1] >= R.MIN_FIGURE_WIDTH_PX >= 900, (alt, rgb.shape)
+            seen += 1
+    assert seen >= 17  # 7 + 8 (with the T1w figure) + 2 (cohort)
+
+
+def test_navigation_links_resolve_to_sections(reports):
+    for key in ("plain_html", "hostile_html"):
+        html = reports[key]
+        nav = re.search(r'<nav id="nav"[^>]*>(.*?)</nav>', html, re.DOTALL)
+        assert nav and html.index('<nav id="nav"') < html.index('id="summary"')
+        links = re.findall(r'<a href="#([^"]+)">([^<]+)</a>', nav.group(1))
+        names = [n.replace("&amp;", "&") for _, n in links]
+        assert names == ["Summary", "Target", "Reliability", "Native/T1w & exports",
+                         "Quality", "Methods", "Sign-off"]
+        ids = re.findall(r'\bid="([^"]+)"', html)
+        for anchor, _ in links:
+            assert ids.count(anchor) == 1, anchor
+        assert "<script" not in html.lower()  # no JavaScript needed
+
+
+def test_laterality_panel_beside_the_t1w_figure(reports):
+    html, data = reports["hostile_html"], reports["hostile_data"]
+    lat = data["native"]["laterality"]
+    assert lat["passed"] and lat["hemisphere"] == "left" and lat["side_word"] == "left"
+    assert lat["side_mm"] == 38.0 and lat["mni_x"] < 0
+    assert lat["panel_label"].startswith("LEFT hemisphere (x = ")
+    assert "scanner frame" in lat["panel_label"]
+    side = re.search(r'<div class="side-by-side">(.*?)</div>\s*</div>', html, re.DOTALL).group(1)
+    assert 'alt="target on T1w"' in side and 'id="laterality-panel"' in side
+    assert "<strong>LEFT</strong>" in side and "38.0 mm left" in side and "x &lt; 0: left" in side
+    assert "Laterality check" not in reports["plain_html"]  # no native step, no panel
+
+
+def _safety_checks() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "SAFETY.md").read_text(encoding="utf-8")
+    sec = text.split("## Checks a clinician must still make", 1)[1].split("\n## ", 1)[0]
+    items = [re.sub(r"^\d+\.\s+", "", it.strip())
+             for it in re.split(r"\n(?=\d+\. )", "\n" + sec.strip()) if it.strip()]
+    return [re.sub(r"\s+", " ", it).replace("**", "").replace("`", "") for it in items]
+
+
+def test_signoff_lists_every_safety_check(reports):
+    import html as htmllib
+
+    checks = _safety_checks()
+    assert len(checks) == 10 and list(R.CLINICIAN_CHECKS) == checks
+    for key in ("plain_html", "hostile_html"):
+        html = reports[key]
+        block = html[html.index('id="signoff"'):]
+        assert html.index('id="methods"') < html.index('id="signoff"')  # at the end
+        items = re.findall(r'<li><span class="box"[^>]*></span><span class="check-text">(.*?)'
+                           r'</span></li>', block, re.DOTALL)
+        assert [htmllib.unescape(i) for i in items] == checks
+        for word in ("Reviewer name", "Date", "Signature", "Target approved for use"):
+            assert word in block
+    css = reports["plain_html"]
+    assert "@media print" in css and "break-inside: avoid" in css and "@page" in css
+
+
+def test_methods_paragraph_follows_the_configuration(reports, tmp_path):
+    html, data = reports["plain_html"], reports["plain_data"]
+    text = " ".join(data["methods_text"]["paragraphs"])
+    refs = " ".join(data["methods_text"]["references"])
+    assert "SIMULATED" in text  # the plain fixture's input says it is simulated
+    assert "above 0.5 mm" in text and "'fox2012' strategy (Fox et al. 2012)" in text
+    assert "20 resamples" in text and "6.5 mm" in text
+    assert "Biol Psychiatry 72(7):595" in refs and "Hum Brain Mapp 42(13):4155" in refs
+    assert "Weigand" in refs and "nilearn" in refs and "nibabel" in refs
+    section = html[html.index('id="methods"'):html.index('id="signoff"')]
+    assert "above 0.5 mm" in section and "72(7):595" in section
+    # another FD threshold in the configuration: the text says so (and that the runs differ)
+    unit = dict(reports["plain"], out_html=tmp_path / "fd_report.html",
+                out_json=tmp_path / "fd_report.json")
+    other = R.subject_report_step(cfg={"fmriprep_dir": None, "seed": {"kind": "sphere"},
+                                       "denoise": {"fd_threshold": 0.3}}, **unit)
+    other_text = " ".join(other["methods_text"]["paragraphs"])
+    assert "above 0.3 mm" in other_text and "above 0.5 mm" not in other_text
+    assert "the runs record 0.5 mm" in other_text
+    assert "treated as real scanner data" in other_text  # no simulated dataset description
+
+
+def _pdf_pages(html: str, tmp_path: Path, name: str) -> int:
+    page = tmp_path / f"{name}.html"
+    page.write_text(html)
+    pdf = tmp_path / f"{name}.pdf"
+    res = subprocess.run([_chromium(), "--headless", "--no-sandbox", "--disable-gpu",
+                          f"--user-data-dir={tmp_path / 'profile'}", "--no-pdf-header-footer",
+                          f"--print-to-pdf={pdf}", page.as_uri()],
+                         capture_output=True, text=True, timeout=180, check=False)
+    assert pdf.is_file(), res.stderr[-2000:]
+    return len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", pdf.read_bytes()))
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium not installed")
+def test_signoff_fits_one_printed_page(reports, tmp_path):
+    """Chromium prints the sign-off block (with the report's own CSS) on exactly one A4 page;
+    the whole report prints it on a page of its own (more pages than without it)."""
+    html = reports["hostile_html"]
+    head = html[:html.index("<body>")]
+    block = re.search(r'<section class="signoff" id="signoff">.*?</section>', html,
+                      re.DOTALL).group(0)
+    assert _pdf_pages(head + "<body>" + block + "</body></html>", tmp_path, "signoff") == 1
+    # the same block with three times the checks does not fit: the count can fail
+    many = block.replace("</ol>", "".join(re.findall(r"<li>.*?</li>", block, re.DOTALL)) * 2
+                         + "</ol>")
+    assert _pdf_pages(head + "<body>" + many + "</body></html>", tmp_path, "many") > 1
+
+
+def test_figure_fonts_are_at_least_10_pt(tmp_path):
+    """Every text in the report's figures is >= 10 pt (at 100 dpi, >= 900 px wide figures)."""
+    unit = make_unit(tmp_path, "05")
+    rmap = nb.load(unit["rmap_path"])
+    mk = {"cluster": (TARGET,), "classic": (TARGET,), "ref F3": ((-37.0, 26.0, 49.0),
+                                                                 *R.REFERENCE_STYLE)}
+    t1 = nb.Nifti1Image(np.ones((40, 40, 40), np.float32), np.diag([4.0, 4, 4, 1]))
+    figs = {
+        "map": R.map_figure(rmap, TARGET, mk, primary="cluster").frame_axes.figure,
+        "zoom": R.map_figure(rmap, TARGET, mk, zoom_mm=30, primary="cluster").frame_axes.figure,
+        "glass": R.glass_figure(rmap, mk, primary="cluster").frame_axes.figure,
+        "cloud": R.cloud_figure({"cluster": np.array([TARGET] * 3)}, {"cluster": TARGET},
+                                {"cluster": (TARGET, TARGET)}, primary="cluster"),
+        "fd": R.fd_figure([{"fd": [0.1, 0.2], "fd_threshold": 0.5, "bold": "x"}]),
+        "seed_ts": R.timeseries_figure(np.arange(10.0), 2.0),
+        "distances": R.distance_figure({"cluster": [1.0, 2.0]}, {"cluster": [3.0]}),
+        "native": R.native_figure(t1, [10, 10, 10], [20, 20, 20], [0, 0, 1], [1, 0, 0],
+                                  "cluster").frame_axes.figure,
+        "cohort": R.cohort_glass_figure([{"unit": "sub-01", "method": "cluster",
+                                          "xyz": TARGET, "primary": True}]).frame_axes.figure,
+    }
+    for name, fig in figs.items():
+        fig.canvas.draw()
+        texts = [t for t in fig.findobj(matplotlib.text.Text)
+                 if t.get_visible() and t.get_text().strip()]
+        assert texts, name
+        small = [(t.get_text(), t.get_fontsize()) for t in texts if t.get_fontsize() < 10]
+        assert not small, (name, small)
+        assert fig.get_size_inches()[0] * R.DPI >= R.MIN_FIGURE_WIDTH_PX, name
+        matplotlib.pyplot.close(fig)

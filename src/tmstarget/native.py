@@ -31,8 +31,10 @@ not matter. For a target ``t`` (inside the head):
   ``scalp_to_target_mm``: entry-to-target distance (refused above ``max_depth_mm``).
 
 The same is done at the left motor hotspot (hand knob, :data:`HOTSPOT_MNI_MM`) to give the
-Stokes depth-adjustment *advice* (about +3 % of stimulator output per mm deeper than the
-hotspot; Stokes et al. 2005, 2007). tmstarget never prescribes a dose.
+Stokes depth-adjustment *advice*: the resting motor threshold plus about 3 percentage points of
+maximum stimulator output (%MSO) per mm the target is deeper than the hotspot (Stokes et al.
+2005, 2007; an amount of stimulator output, not a percentage of the threshold). tmstarget never
+prescribes a dose.
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ HOTSPOT_MNI_MM: tuple[float, float, float] = (-37.0, -21.0, 58.0)
 #: tests/test_native.py) and silently applies no displacement outside.
 FIELD_EDGE_MARGIN_VOXELS: int = 3
 
-#: Motor threshold rise per mm of extra scalp-to-cortex distance, % of maximum stimulator output
-#: (Stokes et al. 2005 J Neurophysiol 94:4520; Stokes et al. 2007 Clin Neurophysiol 118:1617).
+#: Resting motor threshold rise per mm of extra scalp-to-cortex distance, in percentage points of
+#: maximum stimulator output (%MSO) (Stokes et al. 2005 J Neurophysiol 94:4520; Stokes et al.
+#: 2007 Clin Neurophysiol 118:1617).
 STOKES_PERCENT_PER_MM: float = 3.0
 
 #: A T1w -> MNI -> T1w round trip through the two fMRIPrep files must agree to this (mm).
@@ -551,19 +554,55 @@ def _vec(v: np.ndarray | Sequence[float] | None, nd: int = 3) -> list[float] | N
     return None if v is None else [round(float(x), nd) for x in np.asarray(v).reshape(-1)]
 
 
-def _depth_advice(d_target: float | None, d_hotspot: float | None) -> str:
+def depth_adjustment(d_target: float | None, d_hotspot: float | None) -> dict[str, Any] | None:
+    """The Stokes distance adjustment of the resting motor threshold, as the advice states it.
+
+    The distances are rounded to 0.1 mm as printed, their difference is taken from the rounded
+    values and the adjustment is :data:`STOKES_PERCENT_PER_MM` times that difference, to
+    0.1 percentage point, so the printed numbers multiply out exactly (1.5 mm x 3 = 4.5, never
+    "4").
+
+    Returns
+    -------
+    dict or None
+        ``target_mm``, ``hotspot_mm``, ``deeper_mm`` (target minus hotspot, mm; negative =
+        shallower), ``mso_points_per_mm`` and ``mso_points`` (percentage points of maximum
+        stimulator output to add to the resting motor threshold measured at the hotspot, in
+        %MSO; negative = subtract), and ``unit``. None when a distance is missing.
+    """
     if d_target is None or d_hotspot is None:
+        return None
+    t, h = round(float(d_target), 1), round(float(d_hotspot), 1)
+    delta = round(t - h, 1)
+    return {"target_mm": t, "hotspot_mm": h, "deeper_mm": delta,
+            "mso_points_per_mm": STOKES_PERCENT_PER_MM,
+            "mso_points": round(STOKES_PERCENT_PER_MM * delta, 1),
+            "unit": "percentage points of maximum stimulator output (%MSO), added to the "
+                    "resting motor threshold measured at the motor hotspot (in %MSO); not a "
+                    "percentage of the motor threshold"}
+
+
+def _depth_advice(d_target: float | None, d_hotspot: float | None) -> str:
+    adj = depth_adjustment(d_target, d_hotspot)
+    if adj is None:
         return ("Scalp-to-cortex distances could not be measured at both the target and the "
                 "motor hotspot, so no depth advice is given.")
-    delta = d_target - d_hotspot
-    return (f"ADVICE, not a prescription: the scalp-to-cortex distance is {d_target:.1f} mm at the "
-            f"target and {d_hotspot:.1f} mm at the left motor hotspot (hand knob), {delta:+.1f} mm "
-            f"deeper. Motor threshold rises about {STOKES_PERCENT_PER_MM:g} % of stimulator output "
-            f"per mm of extra scalp-to-cortex distance (Stokes et al. 2005, 2007), i.e. about "
-            f"{STOKES_PERCENT_PER_MM * delta:+.0f} percentage points relative to the motor "
-            "threshold measured at the hotspot. The stimulation intensity is the clinician's and "
-            "the protocol's decision; measure the hotspot on the subject.")
-
+    delta, pts = adj["deeper_mm"], adj["mso_points"]
+    rel = (f"{delta:.1f} mm deeper than" if delta > 0 else
+           f"{-delta:.1f} mm shallower than" if delta < 0 else "as deep as")
+    sign = "plus" if pts >= 0 else "minus"
+    example = 50.0 + pts
+    return (f"ADVICE, not a prescription: the scalp-to-cortex distance is {adj['target_mm']:.1f} "
+            f"mm at the target and {adj['hotspot_mm']:.1f} mm at the left motor hotspot (hand "
+            f"knob): the target is {rel} the hotspot. The resting motor threshold (RMT) rises "
+            f"about {STOKES_PERCENT_PER_MM:g} percentage points of maximum stimulator output "
+            "(%MSO) per mm of extra scalp-to-cortex distance (Stokes et al. 2005, 2007), so the "
+            f"distance-adjusted RMT is the RMT measured at the hotspot {sign} "
+            f"{STOKES_PERCENT_PER_MM:g} x {abs(delta):.1f} mm = {abs(pts):.1f} %MSO (e.g. "
+            f"50.0 %MSO -> {example:.1f} %MSO). This is an amount of stimulator output added to "
+            "the RMT, not a percentage of the RMT; a protocol dose in % of RMT (e.g. 120 % RMT) "
+            "is then taken of the adjusted RMT. The stimulation intensity is the clinician's "
+            "and the protocol's decision; measure the hotspot on the subject.")
 
 
 def _check_transform_space(path: str | os.PathLike[str], needed: str, space: str) -> None:
@@ -774,6 +813,7 @@ def plan_native(target_json: Mapping[str, Any], t1w: str | os.PathLike[str],
         "scalp_to_cortex_mm": {"target": d_t, "hotspot": d_h},
         "hotspot": hotspot,
         "depth_advice": _depth_advice(d_t, d_h),
+        "depth_adjustment": depth_adjustment(d_t, d_h),
         "reference_targets": refs,
         "scalp_model": {"method": "T1w threshold (10 % of 99th percentile), largest component, "
                                   "closing, hole filling, united with the brain mask",
