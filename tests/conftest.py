@@ -11,6 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+# every discovery in the tests (workflow subprocesses included) also indexes with pybids and
+# fails if the fast index (tmstarget.discover._fast_index) gives another answer
+os.environ.setdefault("TMSTARGET_CHECK_FAST_INDEX", "1")
 
 # ANTsPy is the optional `preproc` extra (built-in preprocessing). Without it those tests skip,
 # unless TMSTARGET_REQUIRE_PREPROC=1 (set by .ci/run) makes that a failure.

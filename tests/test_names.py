@@ -112,3 +112,59 @@ def test_report_environment_escapes_any_text(text):
     assert p.tags == ["td"]
     assert "".join(p.data) == text.replace("\r\n", "\n").replace("\r", "\n") or \
         "".join(p.data) == text
+
+
+# ------------------------------------------------------------- wildcard constraints (issue 21)
+_ALNUM = st.text(alphabet="abcXYZ0123456789", min_size=1, max_size=40)  # > 32: hashed labels
+
+
+@settings(max_examples=300, deadline=None)
+@given(sub=_ALNUM, ses=st.none() | _ALNUM, task=_ALNUM,
+       ents=st.lists(st.tuples(st.sampled_from(["acq", "dir", "run", "echo", "foo", "ce", ""]),
+                               _ALNUM), max_size=4, unique_by=lambda kv: kv[0]))
+def test_every_planned_name_has_the_form_its_constraint_accepts(sub, ses, task, ents):
+    """The workflow's wildcard constraints (tmstarget.plan.*_PATTERN) accept every name the
+    planner can make (long labels hashed, many run entities replaced by a digest), and each
+    accepts only its own kind of name, so no two rules can claim the same file."""
+    import re
+
+    from tmstarget.plan import (ANAT_PREFIX_PATTERN, RUN_PREFIX_PATTERN, UNIT_PREFIX_PATTERN,
+                                UNIT_STEM_PATTERN, anat_prefix, unit_stem)
+
+    r = RunInputs(sub, ses, task, None, None, "b", "m", "c", "cj", "bj", tuple(ents))
+    up, rp = unit_prefix(sub, ses, task), run_prefix(r)
+    names = {"unit": up, "run": rp, "anat": anat_prefix(up), "stem": unit_stem(sub, ses)}
+    pats = {"unit": UNIT_PREFIX_PATTERN, "run": RUN_PREFIX_PATTERN, "anat": ANAT_PREFIX_PATTERN,
+            "stem": UNIT_STEM_PATTERN}
+    for kind, name in names.items():
+        assert re.fullmatch(pats[kind], name), (kind, name)
+        # no other kind's constraint accepts it (a unit prefix is also a run prefix's form;
+        # the two are only used in different file names)
+        for other, pat in pats.items():
+            if other != kind and {kind, other} != {"unit", "run"}:
+                assert not re.fullmatch(pat, name), (kind, other, name)
+
+
+def test_stamp_text_is_the_plain_json_dump(tmp_path):
+    """Stamps serialise each rule's configuration once (tmstarget.provenance.Stamps._text):
+    the file is exactly json.dumps(indent=1, sort_keys=True) of its content, as before."""
+    import yaml
+
+    from tmstarget.provenance import RULE_CONFIG, Stamps
+
+    REPO = Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    cfg.update(fmriprep_dir=str(tmp_path / "in"), output_dir=str(tmp_path / "o"),
+               bids_dir=None)
+    f = tmp_path / "in.txt"
+    f.write_text("x")
+    st_ = Stamps(tmp_path / "o", cfg)
+    for rule in RULE_CONFIG:
+        try:
+            want = st_.content(rule, [f, tmp_path / "missing \"file\"\n.nii.gz"])
+        except KeyError:  # a key this configuration has not got (stage 1 rules)
+            continue
+        assert st_._text(want) == json.dumps(want, indent=1, sort_keys=True), rule
+        path = Path(st_.stamp(rule, "sub-01/func/sub-01_task-rest", [f]))
+        assert path.read_text() == json.dumps(st_.content(rule, [f]), indent=1,
+                                              sort_keys=True) + "\n"

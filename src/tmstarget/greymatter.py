@@ -78,7 +78,7 @@ def find_gm_probseg(fmriprep_dir: str | Path, participant: str, session: str | N
     for folder in folders:
         if not folder.is_dir():
             continue
-        cands = sorted(p for p in folder.iterdir() if p.is_file() and pat.match(p.name))
+        cands = sorted(p for p in folder.iterdir() if pat.match(p.name) and p.is_file())
         if session is not None and folder.parent.name != f"ses-{session}":
             # participant-level anat: a file naming another session is not ours
             cands = [p for p in cands if "_ses-" not in p.name or f"_ses-{session}_" in p.name]

@@ -83,10 +83,42 @@ def read_nifti_header(path: str | os.PathLike[str]) -> Any:
                      "file).", "Copy it again or rerun fMRIPrep for this participant.")
 
 
-def image_shape(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
-    """Image dimensions from the header, or ``None`` if the header cannot be read."""
+#: Image dimensions already read, by file identity (:func:`_identity`): planning asks for
+#: the shape of a BOLD run several times (its input check, then the memory and run-time
+#: requests of several jobs); a cohort's worth of gzip headers was read again each time.
+_SHAPES: dict[tuple[Any, ...], tuple[int, ...]] = {}
+
+
+def _identity(path: str | os.PathLike[str]) -> tuple[Any, ...] | None:
+    """Path and (device, inode, size, modification and change times): a changed or replaced
+    file has another identity. ``None`` if it cannot be stat'ed."""
+    p = os.path.abspath(os.fspath(path))
     try:
-        return tuple(int(v) for v in read_nifti_header(path).get_data_shape())
+        st = os.stat(p)
+    except OSError:
+        return None
+    return (p, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _read_shape(path: str | os.PathLike[str]) -> tuple[int, ...]:
+    """:func:`read_nifti_header`'s dimensions, remembered under the identity the file had
+    before it was read."""
+    ident = _identity(path)
+    shape = tuple(int(v) for v in read_nifti_header(path).get_data_shape())
+    if ident is not None:
+        _SHAPES[ident] = shape
+    return shape
+
+
+def image_shape(path: str | os.PathLike[str]) -> tuple[int, ...] | None:
+    """Image dimensions from the header, or ``None`` if the header cannot be read.
+
+    Read once per file identity (same path, size and times: the cached answer)."""
+    ident = _identity(path)
+    if ident is not None and ident in _SHAPES:
+        return _SHAPES[ident]
+    try:
+        return _read_shape(path)
     except InputError:
         return None
 
@@ -172,7 +204,7 @@ def input_problem(path: str | os.PathLike[str], kind: str) -> str | None:
     p = Path(path)
     try:
         if kind == "nifti":
-            read_nifti_header(p)
+            _read_shape(p)
         elif kind == "json":
             read_json_object(p, "JSON file")
         else:

@@ -97,10 +97,15 @@ def mkstemp_beside(path: Path) -> tuple[int, str]:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb",
+                 durable: bool = True) -> Iterator[Any]:
     """Open a temporary file beside ``path``; rename it over ``path`` only on success.
 
     The file gets the mode a normally created file would (umask honoured, 0644 under 022).
+    With ``durable`` (the default) its content reaches the disk (``fsync``) before the rename;
+    ``durable=False`` is for files that are remade when lost or torn by a crash (the planning
+    stamps, :class:`tmstarget.provenance.Stamps`): the rename still makes the write all or
+    nothing for every reader while the system runs.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +114,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[Any
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -145,9 +151,9 @@ def write_json(path: str | os.PathLike[str], data: Mapping[str, Any]) -> None:
         fh.write(text + "\n")
 
 
-def write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write a text file atomically."""
-    with atomic_write(path, "w") as fh:
+def write_text(path: str | os.PathLike[str], text: str, durable: bool = True) -> None:
+    """Write a text file atomically (``durable``: see :func:`atomic_write`)."""
+    with atomic_write(path, "w", durable=durable) as fh:
         fh.write(text)
 
 

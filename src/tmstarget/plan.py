@@ -119,6 +119,24 @@ def run_prefix(run: RunInputs) -> str:
     return unit + extra
 
 
+#: A label as written in output names (:func:`file_label` of a label :func:`build_plan` accepts).
+_LABEL_RE = "[A-Za-z0-9]+"
+_UNIT_NAME_RE = rf"sub-{_LABEL_RE}(?:_ses-{_LABEL_RE})?_task-{_LABEL_RE}"
+_UNIT_FOLDER_RE = rf"sub-{_LABEL_RE}(?:/ses-{_LABEL_RE})?"
+#: Regular expressions matching exactly the *forms* of the names :func:`unit_prefix`,
+#: :func:`run_prefix`, :func:`anat_prefix` and :func:`unit_stem` make (the workflow's wildcard
+#: constraints). They replace a constraint listing every planned value, which Snakemake copies
+#: into every output pattern, compiles and scans for each job: planning 1,000 participants
+#: spent most of its time there (benchmarks/bench_dryrun_cohort.py). Which values exist is
+#: decided by the plan: every input function of the workflow looks its wildcard up in it.
+UNIT_PREFIX_PATTERN = rf"{_UNIT_FOLDER_RE}/func/{_UNIT_NAME_RE}"
+#: A run prefix: the unit prefix and the run's other entities (``_key-label``, any key a
+#: file name can hold: no ``_ - . /``), or the ``_acq-h<digest>`` that replaces them.
+RUN_PREFIX_PATTERN = rf"{UNIT_PREFIX_PATTERN}(?:_[^/_.-]*-{_LABEL_RE})*"
+ANAT_PREFIX_PATTERN = rf"{_UNIT_FOLDER_RE}/anat/{_UNIT_NAME_RE}"
+UNIT_STEM_PATTERN = rf"{_UNIT_FOLDER_RE}/sub-{_LABEL_RE}(?:_ses-{_LABEL_RE})?"
+
+
 def check_paths(fmriprep_dir: str | Path, output_dir: str | Path) -> tuple[Path, Path]:
     """Resolve the two folders; refuse an output folder inside (or equal to) the input, and
     paths with ``{ } < >`` (Snakemake wildcards and path variables)."""

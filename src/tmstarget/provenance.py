@@ -256,6 +256,17 @@ class Stamps:
         except (OSError, ValueError):
             self._cache = {}
         self._cache_dirty = False
+        self._rule_config: dict[str, tuple[dict[str, Any], str]] = {}
+
+    def _config_of(self, rule: str) -> tuple[dict[str, Any], str]:
+        """:func:`rule_config` of ``rule`` and its JSON as written inside a stamp (made once
+        per rule: the configuration does not change while the workflow is planned)."""
+        hit = self._rule_config.get(rule)
+        if hit is None:
+            cfg = rule_config(rule, self.config)
+            text = json.dumps(cfg, indent=1, sort_keys=True).replace("\n", "\n ")
+            hit = self._rule_config[rule] = (cfg, text)
+        return hit
 
     def sha256(self, path: str | os.PathLike[str]) -> str | None:
         """SHA-256 of a file's content (cached by file identity); None if it cannot be read."""
@@ -287,13 +298,27 @@ class Stamps:
         return {
             "rule": rule,
             "tmstarget": __version__,
-            "config": rule_config(rule, self.config),
+            "config": self._config_of(rule)[0],
             "inputs": {os.path.abspath(os.fspath(f)): self.sha256(f)
                        for f in sorted(map(os.fspath, files))},
         }
 
+    def _text(self, want: dict[str, Any]) -> str:
+        """``json.dumps(want, indent=1, sort_keys=True)`` (the stamp file), with the rule's
+        configuration part serialised once per rule (the pure-Python indenting encoder made
+        the configuration of every job's stamp a large share of planning a big cohort)."""
+        assert list(want) == ["rule", "tmstarget", "config", "inputs"]
+        rest = {k: v for k, v in want.items() if k != "config"}
+        head = json.dumps(rest, indent=1, sort_keys=True)
+        # "config" sorts first of the four keys: insert it after the opening brace
+        return '{\n "config": ' + self._config_of(want["rule"])[1] + "," + head[1:]
+
     def stamp(self, rule: str, job: str, files: Iterable[str | os.PathLike[str]] = ()) -> str:
-        """Write the job's stamp if it is missing or its content changed; return its path."""
+        """Write the job's stamp if it is missing or its content changed; return its path.
+
+        Written without ``fsync`` (:func:`tmstarget.io.atomic_write`): a stamp a crash loses or
+        tears is written again by the next planning, which reruns its job (never the reverse).
+        """
         from .io import write_text
 
         path = Path(self.path(rule, job))
@@ -303,7 +328,7 @@ class Stamps:
         except (OSError, ValueError):
             have = None
         if have != want and (have is None or self.update):
-            write_text(path, json.dumps(want, indent=1, sort_keys=True) + "\n")
+            write_text(path, self._text(want) + "\n", durable=False)
             if have is not None:
                 self.changed.append(f"{rule}:{job}")
         elif have != want:

@@ -10,7 +10,7 @@ sys.path.insert(0, os.path.join(workflow.basedir, "src"))
 from tmstarget.configcheck import config_problems  # noqa: E402
 from tmstarget.errors import TmsTargetError  # noqa: E402
 from tmstarget.inputcheck import image_shape, tsv_cell  # noqa: E402
-from tmstarget.plan import build_plan  # noqa: E402
+from tmstarget.plan import RUN_PREFIX_PATTERN, UNIT_PREFIX_PATTERN, build_plan  # noqa: E402
 from tmstarget.provenance import Stamps, rule_config  # noqa: E402
 
 
@@ -56,9 +56,12 @@ def _alternatives(values):
     return "|".join(re.escape(v) for v in sorted(values))
 
 
+# The forms of the names (tmstarget.plan): a list of every planned value here would be copied
+# into every output pattern and scanned for each job (most of the planning time of a large
+# cohort). Which values exist is the plan's: every input function looks its wildcard up in it.
 wildcard_constraints:
-    prefix=_alternatives(PLAN.units),
-    runprefix=_alternatives(PLAN.runs),
+    prefix=UNIT_PREFIX_PATTERN,
+    runprefix=RUN_PREFIX_PATTERN,
 
 
 def get_run(wildcards):
@@ -296,12 +299,15 @@ def get_target_anat(wildcards):
     the search region before choosing."""
     if not config["native"]["enabled"]:
         return {}
-    for ap, up in PLAN.anat_units.items():
-        if up == wildcards.prefix:
-            a = PLAN.anat[ap]
-            return {"t1w": a.t1w, "anat_mask": a.mask,
-                    "xfm_mni_to_t1w_points": a.xfm_mni_to_t1w_points}
-    return {}
+    ap = ANAT_OF_UNIT.get(wildcards.prefix)
+    if ap is None:
+        return {}
+    a = PLAN.anat[ap]
+    return {"t1w": a.t1w, "anat_mask": a.mask, "xfm_mni_to_t1w_points": a.xfm_mni_to_t1w_points}
+
+
+#: unit prefix -> its anat prefix (units with anatomy; PLAN.anat_units the other way round)
+ANAT_OF_UNIT = {up: ap for ap, up in PLAN.anat_units.items()}
 
 
 STAMPS.stamp("group_map", "cohort")

@@ -10,6 +10,7 @@
 # exports declared too) and the others by rule native.
 from tmstarget.navigation import ALL_FORMATS as _NAV_FORMATS  # noqa: E402
 from tmstarget import scalp as _scalp  # noqa: E402
+from tmstarget.plan import ANAT_PREFIX_PATTERN  # noqa: E402
 
 for _s in PLAN.native_skipped:
     print(f"[tmstarget] sub-{_s.participant}" + (f" ses-{_s.session}" if _s.session else "")
@@ -28,6 +29,11 @@ _HOTSPOT_UNITS = sorted(
     if _scalp.has_hotspot(_SCALP_CFG, _unit_of_anat(ap).participant, _unit_of_anat(ap).session)
 )
 _PLAIN_UNITS = sorted(set(PLAN.anat_units) - set(_HOTSPOT_UNITS))
+# rule native: the form of an anat prefix (tmstarget.plan), minus the units with a hotspot
+# (a lookahead naming only those few: both rules write the same names); rule native_hotspot:
+# exactly the hotspot units
+_PLAIN_CONSTRAINT = ((f"(?!(?:{_alternatives(_HOTSPOT_UNITS)})_space-T1w_)" if _HOTSPOT_UNITS
+                      else "") + ANAT_PREFIX_PATTERN) if _PLAIN_UNITS else "(?!)"
 
 
 def get_anat_files(wildcards):
@@ -92,7 +98,7 @@ rule native:
         output_root=OUT,
         cfg=rule_config("native", config),
     wildcard_constraints:
-        anatprefix=_alternatives(_PLAIN_UNITS) or "(?!)",
+        anatprefix=_PLAIN_CONSTRAINT,
     log:
         f"{OUT}/logs/native/{{anatprefix}}.log",
     group:

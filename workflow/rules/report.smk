@@ -8,7 +8,7 @@ localrules:
     cohort_report,
 
 
-from tmstarget.plan import unit_stem as _unit_stem  # noqa: E402
+from tmstarget.plan import UNIT_STEM_PATTERN, unit_stem as _unit_stem  # noqa: E402
 
 #: report path stem (sub-X/[ses-Y/]sub-X[_ses-Y]) -> unit prefix
 REPORT_UNITS = {_unit_stem(u.participant, u.session): p for p, u in PLAN.units.items()}
@@ -20,10 +20,8 @@ def get_report_native_json(prefix):
     """The unit's native-space target JSON if the native step runs for it, else None."""
     if not hasattr(rules, "native") or not config.get("native", {}).get("enabled", False):
         return None
-    for ap, up in getattr(PLAN, "anat_units", {}).items():
-        if up == prefix:
-            return f"{OUT}/{ap}_space-T1w_desc-target_coords.json"
-    return None
+    ap = ANAT_OF_UNIT.get(prefix)  # workflow/rules/common.smk
+    return None if ap is None else f"{OUT}/{ap}_space-T1w_desc-target_coords.json"
 
 
 def get_report_native_note(wildcards):
@@ -76,7 +74,7 @@ rule report:
         native_note=get_report_native_note,
         cfg=rule_config("report", config),
     wildcard_constraints:
-        reportstem=_alternatives(REPORT_UNITS),
+        reportstem=UNIT_STEM_PATTERN,  # its form (tmstarget.plan); the values: REPORT_UNITS
     log:
         f"{OUT}/logs/report/{{reportstem}}.log",
     threads: 1
