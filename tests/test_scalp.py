@@ -580,3 +580,17 @@ def test_head_model_figure_on_any_grid_draws_the_scalp_where_it_is(tmp_path: Pat
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+def test_scalp_rule_colours_are_not_method_colours():
+    """One colour per method across the report's figures: the scalp-model figure's scalp rules
+    use colours no target method uses, and the connectivity marker takes the colour it is
+    given (the exported method's)."""
+    from tmstarget import scalp
+    from tmstarget.report import METHOD_COLOURS
+
+    rules = {k: v for k, v in scalp._COLOURS.items() if k != "connectivity"}
+    assert not set(rules.values()) & set(METHOD_COLOURS.values())
+    assert scalp._marker_colour("connectivity", {"colour": METHOD_COLOURS["cluster"]}) == \
+        METHOD_COLOURS["cluster"]
+    assert scalp._marker_colour("beam_f3", {}) == rules["beam_f3"]

@@ -732,7 +732,7 @@ def check_tr(bold_path: Path, sidecar_tr: float | None, header: float | None) ->
 
 def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem: str,
                         work: Path, settings: Mapping[str, Any],
-                        tr_hint: float | None = None) -> RunResult:
+                        tr_hint: float | None = None, threads: int = 1) -> RunResult:
     """Motion correction, coregistration, one-step resampling to MNI and confounds of one run.
 
     Parameters
@@ -750,11 +750,16 @@ def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem:
         Built-in settings (:data:`DEFAULTS` keys).
     tr_hint : float, optional
         RepetitionTime from the sidecar.
+    threads : int
+        Volumes resampled in parallel (each volume is computed the same way on any number of
+        threads, so the output does not depend on it).
 
     Returns
     -------
     RunResult
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from .native import load_point_transform
 
     timings: dict[str, float] = {}
@@ -816,12 +821,18 @@ def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem:
     out = np.zeros((idx.shape[0], n_t), dtype=np.float32)
     inside = np.ones(idx.shape[0], dtype=bool)
     shape = np.asarray(img.shape[:3])
-    for t in range(n_t):
+    def one(t: int) -> tuple[np.ndarray, np.ndarray]:
         m = inv_bold @ mats[t]
         vox = nib.affines.apply_affine(m, ref_pts)
-        inside &= np.all((vox >= -0.5) & (vox <= shape - 0.5), axis=1)
-        out[:, t] = ndi.map_coordinates(data[..., t], vox.T, order=order, mode="nearest",
-                                        prefilter=order > 1)
+        ok = np.all((vox >= -0.5) & (vox <= shape - 0.5), axis=1)
+        return ok, ndi.map_coordinates(data[..., t], vox.T, order=order, mode="nearest",
+                                       prefilter=order > 1)
+
+    # scipy's interpolation releases the GIL: threads resample volumes side by side
+    with ThreadPoolExecutor(max_workers=max(1, int(threads))) as pool:
+        for t, (ok, vals) in enumerate(pool.map(one, range(n_t))):
+            inside &= ok
+            out[:, t] = vals
     np.clip(out, 0, None, out=out)
     timings["resample_s"] = time.perf_counter() - t0
 
@@ -1180,7 +1191,8 @@ def _participant_steps(bids_dir: Path, out_root: Path, participant: str, task: s
                 tr = json.loads(side.read_text(encoding="utf-8")).get("RepetitionTime")
             except ValueError as exc:
                 raise InputError(side, f"not valid JSON ({exc}).", "Fix the sidecar.") from None
-        res = functional_workflow(bold, anat, sub_out / rel, stem, work, settings, tr)
+        res = functional_workflow(bold, anat, sub_out / rel, stem, work, settings, tr,
+                                  threads=threads)
         run_files[stem] = res.files
         motions[stem] = res.motion
         qc_path = sub_out / rel / f"{stem}_desc-builtin_qc.json"

@@ -1184,8 +1184,14 @@ def plan_scalp_rules(model: Any, fwd: Any, inv: Any | None, t1w_info: Any,
 # QC figures
 # --------------------------------------------------------------------------------------------
 
-_COLOURS = {"connectivity": "#00ff00", "beam_f3": "#ff9900", "eeg_f3": "#ff33cc",
+#: Scalp-rule colours: none is a target method's colour (``tmstarget.report.METHOD_STYLES``);
+#: the connectivity target is drawn in its exported method's colour (``"colour"`` in its marker).
+_COLOURS = {"connectivity": "#ff00ff", "beam_f3": "#40e0d0", "eeg_f3": "#c080ff",
             "5cm": "#33ccff"}
+
+
+def _marker_colour(name: str, d: Mapping[str, Any] | None = None) -> str:
+    return str((d or {}).get("colour") or _COLOURS.get(name, "#ffff00"))
 
 
 def _plt() -> Any:
@@ -1261,7 +1267,7 @@ def head_model_figure(t1w_path: str | os.PathLike[str], model: Any,
             ax.contour(xs, ys, _world_slice(brain, aff, view_c, axes, half_mm=h, order=0),
                        [0.5], colors="#3090ff", linewidths=0.8)
         for name, mk in markers.items():
-            col = _COLOURS.get(name, "#ffff00")
+            col = _marker_colour(name, mk)
             e = np.asarray(mk["entry"], float)
             if abs(e[normal_axis] - centre[normal_axis]) > 35:
                 continue  # far from this plane
@@ -1282,9 +1288,10 @@ def head_model_figure(t1w_path: str | os.PathLike[str], model: Any,
         ax.set_yticks([])
     handles = [plt.Line2D([], [], color="#ff3030", lw=1.5, label="head (scalp) mask"),
                plt.Line2D([], [], color="#3090ff", lw=1.5, label="brain mask")]
-    handles += [plt.Line2D([], [], color=_COLOURS.get(n, "#ffff00"), marker="o", lw=0,
-                           label=f"{n}: coil entry (o), into-head normal (->), target (x)")
-                for n in markers]
+    handles += [plt.Line2D([], [], color=_marker_colour(n, mk), marker="o", lw=0,
+                           label=(f"{n} ({mk['method']})" if mk.get("method") else n)
+                           + ": coil entry (o), into-head normal (->), target (x)")
+                for n, mk in markers.items()]
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, facecolor="black",
                labelcolor="white", frameon=False)
     fig.suptitle(title or "Scalp model on the T1w (neurological: subject's left on the left)",
@@ -1514,7 +1521,8 @@ class ScalpJob:
         figs["scalp_model_figure"]["shows"] = (
             "head (scalp) mask in red and brain mask in blue on the T1w, with the coil entry "
             "(o), the into-head normal (->) and the cortical target (x) of the connectivity "
-            "target and each scalp rule")
+            "target (in its exported method's colour, as in the report's other figures) and "
+            "each scalp rule")
         figs["landmarks_figure"]["shows"] = (
             "the MRI scalp from the left, above and behind with the landmarks (yellow; red = "
             "estimated), the measurement curves and 10-20 positions (blue) and the scalp-rule "
@@ -1620,6 +1628,13 @@ def prepare_scalp_rules(model: Any, target_json: Mapping[str, Any], native_recor
                                {"path": str(ref.get("path") or rpath),
                                 "sha256": ref.get("sha256")})
     coil = native_record.get("coil") or {}
+    method = str(native_record["primary_method"])
+    try:  # the exported method's colour, as in every figure of the report
+        from .report import METHOD_COLOURS
+        colour = METHOD_COLOURS.get(method)
+    except ImportError:  # pragma: no cover - report's dependencies are installed
+        colour = None
     conn = {"entry": coil.get("entry_mm"), "normal": coil.get("normal_out"),
-            "target": prim.get("t1w_mm")} if coil.get("entry_mm") else {}
+            "target": prim.get("t1w_mm"), "method": method,
+            "colour": colour} if coil.get("entry_mm") else {}
     return ScalpJob(plan, Path(t1w), conn)
