@@ -549,6 +549,14 @@ def test_navigation_links_resolve_to_sections(reports):
         for anchor, _ in links:
             assert ids.count(anchor) == 1, anchor
         assert "<script" not in html.lower()  # no JavaScript needed
+    # the cohort report has one too, whose anchors resolve
+    html = reports["cohort"].read_text()
+    nav = re.search(r'<nav id="nav"[^>]*>(.*?)</nav>', html, re.DOTALL)
+    links = re.findall(r'<a href="#([^"]+)">', nav.group(1))
+    assert {"reports", "all-targets", "distances"} <= set(links)
+    ids = re.findall(r'\bid="([^"]+)"', html)
+    for anchor in links:
+        assert ids.count(anchor) == 1, anchor
 
 
 def test_laterality_panel_beside_the_t1w_figure(reports):
