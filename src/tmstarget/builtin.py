@@ -81,7 +81,7 @@ DEFAULTS: dict[str, Any] = {
     "motion_resolution_mm": 4.0,
     "motion_estimator": "gauss-newton",
     "registration_resolution_mm": 2.0,
-    "syn_iterations": [70, 50, 20],
+    "syn_iterations": [70, 50, 10],
     "interpolation_order": 3,
     "deterministic": True,
 }
