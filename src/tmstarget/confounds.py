@@ -140,7 +140,8 @@ def _highpass(y: np.ndarray, basis: np.ndarray) -> np.ndarray:
     """
     x = np.column_stack([np.ones(y.shape[0]), basis])
     q, _ = np.linalg.qr(x)
-    return y - q @ (q.T @ y)
+    fit = q @ (q.T @ y)
+    return np.subtract(y, fit, out=fit)  # one T x V temporary, not two
 
 
 def _left_singular(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -108,8 +108,8 @@ BUILTIN_CFG = dict(config["preprocessing"].get("builtin") or {})
 def builtin_mem(wildcards, attempt):
     """MB for one participant, from its longest run's volume count; grows with retries.
 
-    Measured (benchmarks/bench_builtin.py, 300 volumes, 2 mm MNI output): 4.3 GB peak, in the
-    confounds step (the run's brain x volume float64 matrix and its SVD copies) and the write
+    Measured (benchmarks/bench_builtin.py, 300 volumes, 2 mm MNI output): 4.3-4.8 GB peak, in
+    the confounds step (the run's brain x volume float64 matrix and its copies) and the write
     of the 2 mm MNI series; registration stays under 1 GB. 2,000 MB + 11 MB per volume asks
     5.3 GB for 300 volumes."""
     vols = _raw_bold_volumes(wildcards.participant)
@@ -117,7 +117,8 @@ def builtin_mem(wildcards, attempt):
 
 
 def builtin_runtime(wildcards, attempt):
-    """Minutes, generous: measured 8.3 min for 300 volumes single-threaded (the default,
+    """Minutes, generous: measured 3.6 min (8.3 min before 2026-12) for 300 volumes
+    single-threaded (the default,
     deterministic mode; 6.3 min with 2 threads); asks 20 min + 3 s per volume, and more with
     each retry."""
     vols = _raw_bold_volumes(wildcards.participant)
