@@ -117,9 +117,8 @@ def builtin_mem(wildcards, attempt):
 
 
 def builtin_runtime(wildcards, attempt):
-    """Minutes, generous: measured 3.6 min (8.3 min before 2026-12) for 300 volumes
-    single-threaded (the default,
-    deterministic mode; 6.3 min with 2 threads); asks 20 min + 3 s per volume, and more with
+    """Minutes, generous: measured 3.6 min for 300 volumes single-threaded (the default,
+    deterministic mode; 8.3 min before 2026-12); asks 20 min + 3 s per volume, and more with
     each retry."""
     vols = _raw_bold_volumes(wildcards.participant)
     return int((20 + vols * 3 / 60) * attempt)
