@@ -517,14 +517,10 @@ def _bold_reference(vols: np.ndarray, n_dummy: int, n_ref: int = 20) -> np.ndarr
 MOTION_ESTIMATORS = ("gauss-newton", "ants")
 
 
-def _rodrigues(w: np.ndarray) -> np.ndarray:
-    """Rotation matrix of the rotation vector ``w`` (rad)."""
-    th = float(np.sqrt(w @ w))
-    if th < 1e-12:
-        k = np.array([[0.0, -w[2], w[1]], [w[2], 0.0, -w[0]], [-w[1], w[0], 0.0]])
-        return np.eye(3) + k
-    k = np.array([[0.0, -w[2], w[1]], [w[2], 0.0, -w[0]], [-w[1], w[0], 0.0]]) / th
-    return np.eye(3) + np.sin(th) * k + (1.0 - np.cos(th)) * (k @ k)
+def _check_estimator(name: str) -> None:
+    if name not in MOTION_ESTIMATORS:
+        raise ConfigError(None, f"preprocessing.builtin.motion_estimator {name!r} is not known.",
+                          f"Use one of {', '.join(MOTION_ESTIMATORS)}.")
 
 
 #: Levels of the Gauss-Newton estimator: (smoothing sigma, sample spacing), both in units of
@@ -603,7 +599,7 @@ class _GaussNewtonRigid:
                 b = np.einsum("ni,n->i", jo, r)
                 dp = np.linalg.solve(h, b)
                 w = np.eye(4)
-                w[:3, :3] = _rodrigues(dp[3:])
+                w[:3, :3] = Rotation.from_rotvec(dp[3:]).as_matrix()
                 w[:3, 3] = c + dp[:3] - w[:3, :3] @ c
                 t_map = t_map @ np.linalg.inv(w)
                 if max(float(np.abs(dp[:3]).max()), 50.0 * float(np.abs(dp[3:]).max())) \
@@ -622,9 +618,7 @@ def _motion_correct(bold_img: nib.Nifti1Image, data: np.ndarray, ref: np.ndarray
     per volume on a grid no finer than ``resolution_mm`` (mean squares, two levels, 50/20
     iterations; ~0.8 s per volume), the estimator of earlier releases.
     """
-    if estimator not in MOTION_ESTIMATORS:
-        raise ConfigError(None, f"preprocessing.builtin.motion_estimator {estimator!r} is not "
-                          "known.", f"Use one of {', '.join(MOTION_ESTIMATORS)}.")
+    _check_estimator(estimator)
     if estimator == "gauss-newton":
         est = _GaussNewtonRigid(ref, bold_img.affine, resolution_mm)
         mats = np.zeros((data.shape[-1], 4, 4))
@@ -789,7 +783,7 @@ def functional_workflow(bold_path: Path, anat: AnatResult, func_dir: Path, stem:
 
     t0 = _begin("motion_correction")
     mats = _motion_correct(img, data, ref, float(settings["motion_resolution_mm"]),
-                           str(settings.get("motion_estimator", "gauss-newton")))
+                           str(settings.get("motion_estimator", DEFAULTS["motion_estimator"])))
     ref_img = nib.Nifti1Image(ref, img.affine)
     native_ref = work / f"{stem}_boldref.nii.gz"
     nib.save(ref_img, str(native_ref))
@@ -1097,10 +1091,7 @@ def settings_from_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     if float(out["motion_resolution_mm"]) <= 0 or float(out["registration_resolution_mm"]) <= 0:
         raise ConfigError(None, "preprocessing.builtin: resolutions must be positive (mm).",
                           "Fix motion_resolution_mm / registration_resolution_mm.")
-    if out["motion_estimator"] not in MOTION_ESTIMATORS:
-        raise ConfigError(None, f"preprocessing.builtin.motion_estimator "
-                          f"{out['motion_estimator']!r} is not known.",
-                          f"Use one of {', '.join(MOTION_ESTIMATORS)}.")
+    _check_estimator(out["motion_estimator"])
     if int(out["interpolation_order"]) not in (1, 3):
         raise ConfigError(None, "preprocessing.builtin.interpolation_order must be 1 or 3.",
                           "Use 3 (cubic B-spline, default) or 1 (linear).")
